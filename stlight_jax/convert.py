@@ -1,0 +1,347 @@
+"""PyTorch <-> stlight-jax weights: state_dict import/export and a command line converter.
+
+Import reads the Figure 10 key names (REFERENCE.md section 1) from a `.pt`/`.pth`/`.ckpt`
+(loaded with `weights_only=True`, Lightning `state_dict` + `model.` prefix unwrapped) or a
+`.safetensors` file; export writes the same keys back, so import followed by export is the
+identity, bit for bit.
+
+    python -m stlight_jax.convert import --config=configs/mmnist.py:S --weights=w.pth --out=ckpt
+    python -m stlight_jax.convert export --config=configs/mmnist.py:S --checkpoint=ckpt \
+        --out=w.safetensors
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from stlight_jax.models import ModelConfig
+
+# Weight layouts: PyTorch OIHW conv kernels, Flax-style HWIO / (in, out) matrices here.
+_T = Callable[[np.ndarray], np.ndarray]
+
+
+def _conv_to_hwio(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+def _hwio_to_conv(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+
+
+def _depthwise_to_kkd(w: np.ndarray) -> np.ndarray:  # (d, 1, k, k) -> (k, k, d)
+    return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
+
+
+def _kkd_to_depthwise(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.transpose(2, 0, 1)[:, None])
+
+
+def _pointwise_to_matrix(w: np.ndarray) -> np.ndarray:  # (out, in, 1, 1) -> (in, out)
+    return np.ascontiguousarray(w[:, :, 0, 0].T)
+
+
+def _matrix_to_pointwise(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.T[:, :, None, None])
+
+
+def _identity(w: np.ndarray) -> np.ndarray:
+    return w
+
+
+def _count_to_torch(c: np.ndarray) -> np.ndarray:
+    return np.asarray(c, dtype=np.int64)
+
+
+def _count_from_torch(c: np.ndarray) -> np.ndarray:
+    return np.asarray(c, dtype=np.int32)
+
+
+# (collection, path inside it, torch suffix, torch->ours, ours->torch)
+_BN = [
+    ("params", ("scale",), "weight", _identity, _identity),
+    ("params", ("bias",), "bias", _identity, _identity),
+    ("batch_stats", ("mean",), "running_mean", _identity, _identity),
+    ("batch_stats", ("var",), "running_var", _identity, _identity),
+    ("batch_stats", ("count",), "num_batches_tracked", _count_from_torch, _count_to_torch),
+]
+
+
+def _entries(cfg: ModelConfig) -> Iterator[tuple[str, str, tuple, int | None, _T, _T]]:
+    """Yields (torch key, collection, our path, stack index or None, to_ours, to_torch)."""
+    yield (
+        "patch_encoder.0.weight",
+        "params",
+        ("patch_encoder", "kernel"),
+        None,
+        _conv_to_hwio,
+        _hwio_to_conv,
+    )
+    yield "patch_encoder.0.bias", "params", ("patch_encoder", "bias"), None, _identity, _identity
+    for coll, path, suffix, fwd, bwd in _BN:
+        yield f"patch_encoder.1.{suffix}", coll, ("patch_encoder", "norm", *path), None, fwd, bwd
+    for i in range(cfg.depth):
+        pre = f"net.{i}"
+        yield (
+            f"{pre}.0.fn.0.weight",
+            "params",
+            ("mixer", "dw1_kernel"),
+            i,
+            _depthwise_to_kkd,
+            _kkd_to_depthwise,
+        )
+        yield f"{pre}.0.fn.0.bias", "params", ("mixer", "dw1_bias"), i, _identity, _identity
+        yield (
+            f"{pre}.0.fn.1.weight",
+            "params",
+            ("mixer", "dw2_kernel"),
+            i,
+            _depthwise_to_kkd,
+            _kkd_to_depthwise,
+        )
+        yield f"{pre}.0.fn.1.bias", "params", ("mixer", "dw2_bias"), i, _identity, _identity
+        for coll, path, suffix, fwd, bwd in _BN:
+            yield f"{pre}.0.fn.3.{suffix}", coll, ("mixer", "norm1", *path), i, fwd, bwd
+        yield (
+            f"{pre}.1.0.weight",
+            "params",
+            ("mixer", "pw_kernel"),
+            i,
+            _pointwise_to_matrix,
+            _matrix_to_pointwise,
+        )
+        yield f"{pre}.1.0.bias", "params", ("mixer", "pw_bias"), i, _identity, _identity
+        for coll, path, suffix, fwd, bwd in _BN:
+            yield f"{pre}.1.2.{suffix}", coll, ("mixer", "norm2", *path), i, fwd, bwd
+    yield (
+        "patch_reassemble.weight",
+        "params",
+        ("patch_reassemble", "kernel"),
+        None,
+        _pointwise_to_matrix,
+        _matrix_to_pointwise,
+    )
+    yield (
+        "patch_reassemble.bias",
+        "params",
+        ("patch_reassemble", "bias"),
+        None,
+        _identity,
+        _identity,
+    )
+
+
+def expected_torch_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The Figure 10 state_dict keys for `cfg` and their shapes."""
+    d, k, kp = cfg.dim, cfg.k1, cfg.encoder_kernel
+    t_in, t_out = cfg.frames_in * cfg.channels, cfg.frames_out * cfg.channels
+    shapes = {
+        "patch_encoder.0.weight": (d, t_in, kp, kp),
+        "patch_encoder.0.bias": (d,),
+        "patch_reassemble.weight": (t_out, d // cfg.patch**2, 1, 1),
+        "patch_reassemble.bias": (t_out,),
+    }
+    bn = {
+        "weight": (d,),
+        "bias": (d,),
+        "running_mean": (d,),
+        "running_var": (d,),
+        "num_batches_tracked": (),
+    }
+    for s, shape in bn.items():
+        shapes[f"patch_encoder.1.{s}"] = shape
+    for i in range(cfg.depth):
+        shapes[f"net.{i}.0.fn.0.weight"] = (d, 1, k, k)
+        shapes[f"net.{i}.0.fn.0.bias"] = (d,)
+        shapes[f"net.{i}.0.fn.1.weight"] = (d, 1, cfg.k2, cfg.k2)
+        shapes[f"net.{i}.0.fn.1.bias"] = (d,)
+        shapes[f"net.{i}.1.0.weight"] = (d, d, 1, 1)
+        shapes[f"net.{i}.1.0.bias"] = (d,)
+        for s, shape in bn.items():
+            shapes[f"net.{i}.0.fn.3.{s}"] = shape
+            shapes[f"net.{i}.1.2.{s}"] = shape
+    return shapes
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor; no torch import needed to recognise it
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _check_keys(state_dict: Mapping[str, Any], cfg: ModelConfig, source: str) -> None:
+    expected = expected_torch_shapes(cfg)
+    missing = sorted(set(expected) - set(state_dict), key=_key_order(expected))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [
+        f"{k}: {tuple(np.shape(state_dict[k]))} (expected {expected[k]})"
+        for k in expected
+        if k in state_dict and tuple(np.shape(state_dict[k])) != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if wrong:
+        problems.append(f"wrongly shaped {wrong}")
+    if problems:
+        raise ValueError(f"{source} does not fit the model config {cfg}: " + "; ".join(problems))
+
+
+def _key_order(expected: Mapping[str, Any]) -> Callable[[str], int]:
+    order = {k: i for i, k in enumerate(expected)}
+    return lambda k: order.get(k, len(order))
+
+
+def _set(tree: dict, path: tuple, value: Any) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: Mapping, path: tuple) -> Any:
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def state_dict_to_variables(
+    state_dict: Mapping[str, Any], cfg: ModelConfig, strict: bool = True, source: str = "state_dict"
+) -> dict[str, dict]:
+    """Torch state_dict -> {'params': pure dict, 'batch_stats': pure dict} of numpy arrays.
+
+    With `strict`, missing, unexpected and wrongly shaped keys are all listed in one
+    ValueError. Without it, only the keys present are converted (the rest keep the values of
+    the model they are merged into) and wrongly shaped keys are still an error.
+    """
+    state_dict = {k: _to_numpy(v) for k, v in state_dict.items()}
+    if strict:
+        _check_keys(state_dict, cfg, source)
+    else:
+        expected = expected_torch_shapes(cfg)
+        wrong = [k for k in state_dict if k in expected and state_dict[k].shape != expected[k]]
+        if wrong:
+            _check_keys({k: state_dict[k] for k in wrong}, cfg, source)
+    stacked: dict[tuple, dict[int, np.ndarray]] = {}
+    out: dict[str, dict] = {"params": {}, "batch_stats": {}}
+    for key, coll, path, index, to_ours, _ in _entries(cfg):
+        if key not in state_dict:
+            continue
+        value = to_ours(state_dict[key])
+        if value.dtype.kind == "f":
+            value = value.astype(np.float32, copy=False)
+        if index is None:
+            _set(out[coll], path, value)
+        else:
+            stacked.setdefault((coll, path), {})[index] = value
+    for (coll, path), by_index in stacked.items():
+        if len(by_index) == cfg.depth:
+            _set(out[coll], path, np.stack([by_index[i] for i in range(cfg.depth)]))
+        else:  # non-strict partial import of a stacked tensor: keep per-index values
+            _set(out[coll], path, by_index)
+    return out
+
+
+def variables_to_state_dict(
+    params: Mapping, batch_stats: Mapping, cfg: ModelConfig
+) -> dict[str, np.ndarray]:
+    """{'params', 'batch_stats'} pure dicts (jax or numpy arrays) -> Figure 10 state_dict."""
+    colls = {"params": params, "batch_stats": batch_stats}
+    out: dict[str, np.ndarray] = {}
+    for key, coll, path, index, _, to_torch in _entries(cfg):
+        value = np.asarray(_get(colls[coll], path))
+        if index is not None:
+            value = value[index]
+        out[key] = to_torch(value)
+    return out
+
+
+def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
+    """Reads a torch state_dict from .safetensors or a torch file (weights_only=True).
+
+    Unwraps a Lightning checkpoint ({'state_dict': {'model.<key>': ...}}) and a DDP
+    `module.` prefix.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights file {path!r} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        raw: Mapping[str, Any] = load_file(path)
+    else:
+        try:
+            import torch
+        except ImportError as e:  # torch is optional: only .pt/.pth need it
+            raise ImportError(
+                f"reading {path!r} needs PyTorch (`pip install torch==2.13.0`); "
+                "a .safetensors file does not"
+            ) from e
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"cannot read {path!r} as a torch checkpoint: {e}") from e
+    if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
+        raw = raw["state_dict"]
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path!r} holds a {type(raw).__name__}, not a state_dict")
+    keys = list(raw)
+    for prefix in ("model.", "module."):
+        if keys and all(k.startswith(prefix) for k in keys):
+            raw = {k[len(prefix) :]: v for k, v in raw.items()}
+            keys = list(raw)
+    return {k: _to_numpy(v) for k, v in raw.items()}
+
+
+def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+    """Writes a state_dict as .safetensors, or as a torch .pt/.pth file (needs torch)."""
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
+        return
+    import torch
+
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, path)
+
+
+def load_into_model(
+    model: Any, state_dict: Mapping[str, Any], strict: bool = True, source: str = "state_dict"
+) -> None:
+    """Copies a torch state_dict into an `STLight` NNX model in place."""
+    from flax import nnx
+
+    variables = state_dict_to_variables(state_dict, model.config, strict=strict, source=source)
+    for coll, var_type in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
+        state = nnx.state(model, var_type)
+        pure = state.to_pure_dict()
+        _merge(pure, variables[coll])
+        state.replace_by_pure_dict(pure)
+        nnx.update(model, state)
+
+
+def _merge(dst: dict, src: Mapping) -> None:
+    import jax.numpy as jnp
+
+    for k, v in src.items():
+        if isinstance(v, Mapping) and not all(isinstance(i, int) for i in v):
+            _merge(dst[k], v)
+        elif isinstance(v, Mapping):  # partial stacked import: {index: array}
+            arr = np.array(dst[k])
+            for i, row in v.items():
+                arr[i] = row
+            dst[k] = jnp.asarray(arr)
+        else:
+            dst[k] = jnp.asarray(v)
+
+
+def model_state_dict(model: Any) -> dict[str, np.ndarray]:
+    """The Figure 10 state_dict of an `STLight` NNX model."""
+    from flax import nnx
+
+    params = nnx.state(model, nnx.Param).to_pure_dict()
+    stats = nnx.state(model, nnx.BatchStat).to_pure_dict()
+    return variables_to_state_dict(params, stats, model.config)

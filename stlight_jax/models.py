@@ -1,0 +1,314 @@
+"""STLight (paper Figure 10) in Flax NNX: patch encoder, STLMixer stack, shuffle-reassemble decoder.
+
+Layout is NHWC: inputs (B, T, H, W, C) -> outputs (B, T', H, W, C). The mixer blocks keep their
+parameters stacked along a leading `depth` axis and run under one `lax.scan`, so a depth-16
+model compiles one block body instead of sixteen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from stlight_jax import ops
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Every size of the network; `validate()` rejects combinations Figure 10 cannot build."""
+
+    frames_in: int = 10
+    frames_out: int = 10
+    channels: int = 1
+    image_size: tuple[int, int] = (64, 64)
+    dim: int = 1000
+    depth: int = 16
+    patch: int = 2
+    overlap: int = 0
+    k1: int = 3
+    k2: int = 7
+    dilation: int = 3
+    conv_impl: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | Any) -> ModelConfig:
+        """Builds from `config.model` (a ConfigDict or mapping); unknown fields are an error."""
+        values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"model config has unknown field(s) {unknown}; known: {sorted(known)}")
+        if "image_size" in values:
+            values["image_size"] = tuple(int(s) for s in values["image_size"])
+        model_config = cls(**values)
+        model_config.validate()
+        return model_config
+
+    @property
+    def encoder_kernel(self) -> int:
+        return self.patch * max(1, self.overlap)
+
+    @property
+    def encoder_padding(self) -> int:
+        return max(0, self.overlap - 1) * self.patch // 2
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return self.image_size[0] // self.patch, self.image_size[1] // self.patch
+
+    def validate(self) -> None:
+        """Raises ValueError naming the field and the numbers of the first invalid setting."""
+        for name in ("frames_in", "frames_out", "channels", "dim", "depth", "patch", "k1", "k2"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.dilation, int) or self.dilation < 1:
+            raise ValueError(f"model.dilation must be a positive integer, got {self.dilation!r}")
+        if not isinstance(self.overlap, int) or self.overlap < 0:
+            raise ValueError(f"model.overlap must be a non-negative integer, got {self.overlap!r}")
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"model.image_size must be (H, W) > 0, got {self.image_size!r}")
+        h, w = self.image_size
+        p = self.patch
+        if h % p or w % p:
+            raise ValueError(f"model.image_size {h}x{w} is not divisible by model.patch={p}")
+        if self.dim % (p * p):
+            raise ValueError(
+                f"model.dim={self.dim} is not divisible by model.patch**2={p * p} "
+                "(the pixel shuffle needs dim/patch^2 channels)"
+            )
+        if (max(0, self.overlap - 1) * p) % 2:
+            k, pad = self.encoder_kernel, self.encoder_padding
+            out = (h + 2 * pad - k) // p + 1
+            raise ValueError(
+                f"model.overlap={self.overlap} with model.patch={p} gives an encoder kernel {k}, "
+                f"padding {pad} and a latent height {out} instead of {h // p}: "
+                "(overlap-1)*patch must be even"
+            )
+        ops.resolve_conv_impl(self.conv_impl)
+
+    def check_input(self, shape: tuple[int, ...]) -> None:
+        """Raises ValueError if an input of `shape` is not (B, frames_in, H, W, channels)."""
+        if len(shape) != 5:
+            raise ValueError(
+                f"STLight input must be (B, T, H, W, C), got rank {len(shape)} shape {shape}"
+            )
+        _, t, h, w, c = shape
+        expected = (self.frames_in, *self.image_size, self.channels)
+        for name, got, want in zip(
+            ("frames_in", "image height", "image width", "channels"),
+            (t, h, w, c),
+            expected,
+            strict=True,
+        ):
+            if got != want:
+                raise ValueError(
+                    f"input shape {tuple(shape)} does not match the model config: {name} is "
+                    f"{got}, model expects (B, {expected[0]}, {expected[1]}, {expected[2]}, "
+                    f"{expected[3]})"
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisers matching the paper's appendix D ("Hybrid").
+
+
+def kaiming_normal_fan_out(key: jax.Array, shape: tuple[int, ...], fan_out: int) -> jax.Array:
+    """torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2/fan_out)."""
+    return jax.random.normal(key, shape, jnp.float32) * math.sqrt(2.0 / fan_out)
+
+
+def torch_default_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -> jax.Array:
+    """PyTorch's default Conv2d init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), ...)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class BatchNorm(nnx.Module):
+    """PyTorch BatchNorm2d semantics (see `ops.batch_norm`); optional leading stack axes.
+
+    `count` mirrors PyTorch's num_batches_tracked so a state_dict survives import/export.
+    """
+
+    def __init__(self, features: int, stack: tuple[int, ...] = ()):
+        self.scale = nnx.Param(jnp.ones((*stack, features), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((*stack, features), jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros((*stack, features), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((*stack, features), jnp.float32))
+        self.count = nnx.BatchStat(jnp.zeros(stack, jnp.int32))
+        self.use_running_average = False
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        eval_mode = self.use_running_average if use_running_average is None else use_running_average
+        y, mean, var = ops.batch_norm(
+            x, self.scale[...], self.bias[...], self.mean[...], self.var[...], not eval_mode
+        )
+        if not eval_mode:
+            self.mean[...] = mean
+            self.var[...] = var
+            self.count[...] = self.count[...] + 1
+        return y
+
+
+class PatchEncoder(nnx.Module):
+    """Conv2d(T*C -> d, kernel p*max(1,O), stride p, symmetric padding) -> BatchNorm -> GELU."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        k, d = cfg.encoder_kernel, cfg.dim
+        in_ch = cfg.frames_in * cfg.channels
+        self.stride = cfg.patch
+        self.padding = cfg.encoder_padding
+        self.kernel = nnx.Param(kaiming_normal_fan_out(rngs.params(), (k, k, in_ch, d), d * k * k))
+        self.bias = nnx.Param(jnp.zeros((d,), jnp.float32))
+        self.norm = BatchNorm(d)
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        pad = (self.padding, self.padding)
+        y = lax.conv_general_dilated(
+            x,
+            self.kernel[...].astype(x.dtype),
+            window_strides=(self.stride, self.stride),
+            padding=(pad, pad),  # explicit: Flax 'SAME' pads a strided conv (0, 1)
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        y = y + self.bias[...].astype(x.dtype)
+        return ops.gelu(self.norm(y, use_running_average))
+
+
+class MixerStack(nnx.Module):
+    """`depth` STLMixer blocks with parameters stacked on axis 0, and the 1/3-2/3 skip.
+
+    Block: x = x + BN(GELU(DW_k2,dil(DW_k1(x)))); x = BN(GELU(Conv1x1(x))).
+    Skip: before block depth//3 keep x1 = x; before block 2*depth//3 add x1 to x.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        n, d, k1, k2 = cfg.depth, cfg.dim, cfg.k1, cfg.k2
+        self.depth = n
+        self.dilation = cfg.dilation
+        self.conv_impl = cfg.conv_impl
+        self.dw1_kernel = nnx.Param(
+            kaiming_normal_fan_out(rngs.params(), (n, k1, k1, d), d * k1 * k1)
+        )
+        self.dw1_bias = nnx.Param(jnp.zeros((n, d), jnp.float32))
+        self.dw2_kernel = nnx.Param(
+            kaiming_normal_fan_out(rngs.params(), (n, k2, k2, d), d * k2 * k2)
+        )
+        self.dw2_bias = nnx.Param(jnp.zeros((n, d), jnp.float32))
+        self.norm1 = BatchNorm(d, stack=(n,))
+        self.pw_kernel = nnx.Param(kaiming_normal_fan_out(rngs.params(), (n, d, d), d))
+        self.pw_bias = nnx.Param(jnp.zeros((n, d), jnp.float32))
+        self.norm2 = BatchNorm(d, stack=(n,))
+        self.use_running_average = False
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        eval_mode = self.use_running_average if use_running_average is None else use_running_average
+        train = not eval_mode
+        impl = ops.resolve_conv_impl(self.conv_impl)
+        dtype = x.dtype
+        dilation = self.dilation
+        keep_at, add_at = self.depth // 3, 2 * self.depth // 3
+
+        def block(carry, xs):
+            x, x1 = carry
+            i, p = xs
+            # The skip is a select inside the one scanned body rather than three scans.
+            x1 = jnp.where(i == keep_at, x, x1)
+            x = jnp.where(i == add_at, x + x1, x)
+            h = ops.depthwise_conv(
+                x, p["dw1_kernel"].astype(dtype), p["dw1_bias"].astype(dtype), 1, impl
+            )
+            h = ops.depthwise_conv(
+                h, p["dw2_kernel"].astype(dtype), p["dw2_bias"].astype(dtype), dilation, impl
+            )
+            h, m1, v1 = ops.batch_norm(ops.gelu(h), p["s1"], p["b1"], p["m1"], p["v1"], train)
+            x = x + h
+            h = jnp.einsum("bhwc,cd->bhwd", x, p["pw_kernel"].astype(dtype))
+            h = ops.gelu(h + p["pw_bias"].astype(dtype))
+            x, m2, v2 = ops.batch_norm(h, p["s2"], p["b2"], p["m2"], p["v2"], train)
+            return (x, x1), (m1, v1, m2, v2)
+
+        params = {
+            "dw1_kernel": self.dw1_kernel[...],
+            "dw1_bias": self.dw1_bias[...],
+            "dw2_kernel": self.dw2_kernel[...],
+            "dw2_bias": self.dw2_bias[...],
+            "pw_kernel": self.pw_kernel[...],
+            "pw_bias": self.pw_bias[...],
+            "s1": self.norm1.scale[...],
+            "b1": self.norm1.bias[...],
+            "m1": self.norm1.mean[...],
+            "v1": self.norm1.var[...],
+            "s2": self.norm2.scale[...],
+            "b2": self.norm2.bias[...],
+            "m2": self.norm2.mean[...],
+            "v2": self.norm2.var[...],
+        }
+        (x, _), (m1, v1, m2, v2) = lax.scan(
+            block, (x, jnp.zeros_like(x)), (jnp.arange(self.depth), params)
+        )
+        if train:
+            for norm, mean, var in ((self.norm1, m1, v1), (self.norm2, m2, v2)):
+                norm.mean[...] = mean
+                norm.var[...] = var
+                norm.count[...] = norm.count[...] + 1
+        return x
+
+
+class PatchReassemble(nnx.Module):
+    """Decoder: PyTorch-ordered PixelShuffle(p), then Conv2d(d/p^2 -> T'*C, kernel 1)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d_in = cfg.dim // cfg.patch**2
+        d_out = cfg.frames_out * cfg.channels
+        self.patch = cfg.patch
+        # The paper's Hybrid init keeps PyTorch's default init for this layer only.
+        self.kernel = nnx.Param(torch_default_uniform(rngs.params(), (d_in, d_out), d_in))
+        self.bias = nnx.Param(torch_default_uniform(rngs.params(), (d_out,), d_in))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = ops.pixel_shuffle(x, self.patch)
+        dtype = x.dtype
+        return jnp.einsum("bhwc,cd->bhwd", x, self.kernel[...].astype(dtype)) + self.bias[
+            ...
+        ].astype(dtype)
+
+
+class STLight(nnx.Module):
+    """The STLight network. `model.train()` / `model.eval()` switch BatchNorm's mode.
+
+    Call with x of shape (B, frames_in, H, W, channels); returns (B, frames_out, H, W, channels)
+    in `dtype` (the compute dtype; parameters and BatchNorm statistics stay float32).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype: jnp.dtype | str = jnp.float32):
+        cfg.validate()
+        self.config = cfg
+        self.dtype = jnp.dtype(dtype)
+        self.patch_encoder = PatchEncoder(cfg, rngs=rngs)
+        self.mixer = MixerStack(cfg, rngs=rngs)
+        self.patch_reassemble = PatchReassemble(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        cfg = self.config
+        cfg.check_input(x.shape)
+        b, t, h, w, c = x.shape
+        # Frames are the outer channel index (t*C + c), as PyTorch's reshape(B, T*C, H, W).
+        x = x.astype(self.dtype).transpose(0, 2, 3, 1, 4).reshape(b, h, w, t * c)
+        x = self.patch_encoder(x, use_running_average)
+        x = self.mixer(x, use_running_average)
+        x = self.patch_reassemble(x)
+        x = x.reshape(b, h, w, cfg.frames_out, c).transpose(0, 3, 1, 2, 4)
+        return x
+
+
+def create_model(cfg: ModelConfig, seed: int = 0, dtype: str = "float32") -> STLight:
+    """Builds an STLight with the paper's Hybrid initialisation from `seed`."""
+    return STLight(cfg, rngs=nnx.Rngs(params=seed), dtype=dtype)
