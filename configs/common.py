@@ -47,6 +47,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.layout = "NTHWC"  # custom arrays: 'NTHWC' | 'NTCHW'
     config.data.value_range = (0.0, 1.0)  # custom arrays: declared range of the stored values
     config.data.worker_count = 0  # grain worker processes (0: in-process)
+    config.data.read_threads = 2  # grain threads per process producing samples
+    config.data.prefetch_buffer_size = 4  # batches buffered per process (each is MBs)
+    config.data.num_digits = 2  # Moving MNIST: digits per sequence (OpenSTL: 2)
 
     # Optimisation (paper Table 2).
     config.optimizer = ml_collections.ConfigDict()
