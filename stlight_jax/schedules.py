@@ -124,10 +124,9 @@ def _onecycle_momentum(
     # 1 - beta1 is interpolated from 1 - max and 1 - base (exact in float64 here) rather than
     # subtracted in float32, where 1 - 0.95 would carry a 6e-7 relative error into Adam's
     # bias correction 1 - beta1**t at small t.
-    hi, lo = (1.0 - max_momentum, 1.0 - base_momentum) if complement else (
-        max_momentum,
-        base_momentum,
-    )
+    hi, lo = max_momentum, base_momentum
+    if complement:
+        hi, lo = 1.0 - max_momentum, 1.0 - base_momentum
 
     def schedule(step: Any) -> Any:
         xp = _xp(step)
@@ -174,7 +173,9 @@ def cosine_epoch_lr(
     warmup_t continues at the cosine's value for that epoch.
     """
     if steps_per_epoch <= 0 or num_epochs <= 0:
-        raise ValueError(f"need positive steps_per_epoch/num_epochs: {steps_per_epoch}/{num_epochs}")
+        raise ValueError(
+            f"need positive steps_per_epoch/num_epochs: {steps_per_epoch}/{num_epochs}"
+        )
     warmup_step = (base_lr - warmup_lr) / warmup_epochs if warmup_epochs else 0.0
 
     def schedule(step: Any) -> Any:
@@ -276,7 +277,7 @@ def torch_adam(
     if one_minus_b1 is None:
         b1_fn = b1 if callable(b1) else constant(b1)
         one_minus_b1 = lambda k: 1.0 - b1_fn(k)
-    log_b2 = math.log1p(-b2)  # float64, then used as a float32 constant
+    log_b2 = math.log(b2)  # float64, then used as a float32 constant
 
     def init_fn(params: optax.Params) -> TorchAdamState:
         zeros = lambda p: jnp.zeros_like(p)
