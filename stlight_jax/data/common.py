@@ -13,7 +13,7 @@ SPLITS = ("train", "val", "test")
 
 
 class Dataset:
-    """Random-access samples as float32 (T, H, W, C) on [0, 1]; train samples depend on the epoch."""
+    """Random-access float32 (T, H, W, C) samples on [0, 1]; train samples depend on the epoch."""
 
     train_size: int
     num_frames: int

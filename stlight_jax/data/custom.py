@@ -1,4 +1,4 @@
-"""User arrays: an .npy or .npz of (N, T, H, W, C) or (N, T, C, H, W) with a declared value range."""
+"""User arrays: .npy/.npz of (N, T, H, W, C) or (N, T, C, H, W) with a declared value range."""
 
 from __future__ import annotations
 

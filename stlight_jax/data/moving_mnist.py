@@ -29,10 +29,11 @@ def sequence_rng(seed: int, split: str, epoch: int, index: int) -> np.random.Gen
 def random_trajectory(
     rng: np.random.Generator, num_frames: int, canvas: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """OpenSTL's `get_random_trajectory`: (top, left) int pixel offsets per frame, and (x, y, theta)."""
+    """OpenSTL's `get_random_trajectory`: int (top, left) per frame, and the drawn (x, y, theta)."""
     x, y, u = rng.random(3)
     x, y = float(x), float(y)
     theta = float(u) * 2 * math.pi
+    drawn = (x, y, theta)
     v_y, v_x = math.sin(theta), math.cos(theta)
     start_y = np.zeros(num_frames)
     start_x = np.zeros(num_frames)
@@ -56,7 +57,7 @@ def random_trajectory(
         start_x[i] = x
     top = (canvas[0] * start_y).astype(np.int32)
     left = (canvas[1] * start_x).astype(np.int32)
-    return top, left, (float(x), float(y), theta)
+    return top, left, drawn
 
 
 def generate_sequence(
@@ -67,19 +68,19 @@ def generate_sequence(
     num_digits: int = 2,
     return_params: bool = False,
 ):
-    """One uint8 (T, H, W) sequence; with `return_params`, also [(top, left, digit_index), ...]."""
+    """uint8 (T, H, W); with `return_params` also [(top, left, digit_index, (x, y, theta)), ...]."""
     h, w = image_size
     dh, dw = digits.shape[1:]
     frames = np.zeros((num_frames, h, w), np.uint8)
     params = []
     for _ in range(num_digits):
-        top, left, _ = random_trajectory(rng, num_frames, (h - dh, w - dw))
+        top, left, drawn = random_trajectory(rng, num_frames, (h - dh, w - dw))
         ind = int(rng.integers(0, len(digits)))
         digit = digits[ind]
         for t in range(num_frames):
             view = frames[t, top[t] : top[t] + dh, left[t] : left[t] + dw]
             np.maximum(view, digit, out=view)
-        params.append((top, left, ind))
+        params.append((top, left, ind, drawn))
     return (frames, params) if return_params else frames
 
 
