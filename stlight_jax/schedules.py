@@ -52,7 +52,14 @@ class _Anneal(NamedTuple):
     w_end: Any
 
 
-def _onecycle_weights(step: Any, total_steps: int, pct_start: float) -> tuple[Any, Any, _Anneal]:
+def _check_onecycle(total_steps: int, pct_start: float) -> None:
+    a = float(pct_start * total_steps) - 1
+    if total_steps <= 0 or a == 0 or total_steps - 1 - a == 0:
+        # torch divides by zero here (ZeroDivisionError on its first step); refuse up front.
+        raise ValueError(f"degenerate OneCycle: total_steps={total_steps}, pct_start={pct_start}")
+
+
+def _onecycle_weights(step: Any, total_steps: int, pct_start: float) -> tuple[Any, _Anneal]:
     """Phase and cosine weights of torch's two-phase OneCycleLR at update `step`.
 
     torch (torch/optim/lr_scheduler.py, OneCycleLR with three_phase=False) uses phase ends
@@ -64,9 +71,6 @@ def _onecycle_weights(step: Any, total_steps: int, pct_start: float) -> tuple[An
     xp = _xp(step)
     a = float(pct_start * total_steps) - 1
     end = float(total_steps - 1)
-    if a == 0 or end - a == 0:
-        # torch divides by zero here (ZeroDivisionError on its first step); refuse up front.
-        raise ValueError(f"degenerate OneCycle: total_steps={total_steps}, pct_start={pct_start}")
     # Steps past the schedule repeat its last value (torch raises beyond total_steps; the value
     # at total_steps itself is computed by torch but never used by an update).
     k = xp.clip(step, 0, total_steps - 1)
@@ -82,7 +86,7 @@ def _onecycle_weights(step: Any, total_steps: int, pct_start: float) -> tuple[An
     end_minus_k = _as_float(xp, (total_steps - 1) - k)
     pct = xp.where(first, kf / a, k_minus_a / (end - a))
     rest = xp.where(first, -k_minus_a / a, end_minus_k / (end - a))
-    return first, kf, _Anneal(w_start=_sin2(xp, rest), w_end=_sin2(xp, pct))
+    return first, _Anneal(w_start=_sin2(xp, rest), w_end=_sin2(xp, pct))
 
 
 def onecycle_lr(
@@ -97,12 +101,13 @@ def onecycle_lr(
     lr rises max_lr / div_factor -> max_lr over updates 0..a (a = pct_start * total_steps - 1)
     and falls to max_lr / div_factor / final_div_factor at update total_steps - 1.
     """
+    _check_onecycle(total_steps, pct_start)
     initial_lr = max_lr / div_factor
     min_lr = initial_lr / final_div_factor
 
     def schedule(step: Any) -> Any:
         xp = _xp(step)
-        first, _, w = _onecycle_weights(step, total_steps, pct_start)
+        first, w = _onecycle_weights(step, total_steps, pct_start)
         lr = xp.where(
             first,
             initial_lr * w.w_start + max_lr * w.w_end,
@@ -124,13 +129,14 @@ def _onecycle_momentum(
     # 1 - beta1 is interpolated from 1 - max and 1 - base (exact in float64 here) rather than
     # subtracted in float32, where 1 - 0.95 would carry a 6e-7 relative error into Adam's
     # bias correction 1 - beta1**t at small t.
+    _check_onecycle(total_steps, pct_start)
     hi, lo = max_momentum, base_momentum
     if complement:
         hi, lo = 1.0 - max_momentum, 1.0 - base_momentum
 
     def schedule(step: Any) -> Any:
         xp = _xp(step)
-        first, _, w = _onecycle_weights(step, total_steps, pct_start)
+        first, w = _onecycle_weights(step, total_steps, pct_start)
         value = xp.where(first, hi * w.w_start + lo * w.w_end, lo * w.w_start + hi * w.w_end)
         return _finish(xp, value)
 
@@ -158,10 +164,11 @@ def cosine_epoch_lr(
 ) -> Schedule:
     """timm CosineLRScheduler as OpenSTL builds it for TaxiBJ, stepped once per epoch.
 
-    Follows timm/scheduler/cosine_lr.py `CosineLRScheduler._get_lr` (pytorch-image-models,
-    the formula is the same from timm 0.4.12 through 1.0.x) with t_initial = num_epochs,
-    lr_min = min_lr, warmup_t = warmup_epochs, warmup_lr_init = warmup_lr, warmup_prefix=False,
-    cycle_mul = cycle_decay = cycle_limit = 1, k_decay = 1, no noise. OpenSTL calls
+    Follows timm/scheduler/cosine_lr.py `CosineLRScheduler._get_lr` (pytorch-image-models;
+    read at timm 1.0.x and checked against timm 1.0.31; the formula is unchanged since 0.4.x
+    for these arguments) with t_initial = num_epochs, lr_min = min_lr, warmup_t =
+    warmup_epochs, warmup_lr_init = warmup_lr, warmup_prefix=False, cycle_mul = cycle_decay =
+    cycle_limit = 1, k_decay = 1, no noise. OpenSTL v0.3.0 calls
     `scheduler.step(epoch)` at the start of each epoch, so every update of epoch e uses
     _get_lr(e):
 

@@ -125,7 +125,7 @@ def test_onecycle_without_cycle_momentum_keeps_b1():
 def test_onecycle_degenerate_schedule_is_refused():
     # pct_start * T = 1 makes torch divide by zero on its first step.
     with pytest.raises(ValueError, match="degenerate"):
-        schedules.onecycle_lr(10, 1e-3, pct_start=0.1)(0)
+        schedules.onecycle_lr(10, 1e-3, pct_start=0.1)
 
 
 def test_optax_cosine_onecycle_is_not_torch_onecycle():
