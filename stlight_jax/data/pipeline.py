@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import grain
 import numpy as np
@@ -38,6 +39,10 @@ _CACHE: dict[str, common.Dataset] = {}
 def get_dataset(config) -> common.Dataset:
     """The dataset for `config`, built once per process (loading digits/arrays is the slow part)."""
     key = config.data.to_json() + config.model.to_json()
+    for path in (config.data.path, config.data.mnist_path, config.data.test_file):
+        if path and os.path.exists(path):  # a rewritten file must not hit a stale entry
+            st = os.stat(path)
+            key += f"|{path}:{st.st_mtime_ns}:{st.st_size}"
     if key not in _CACHE:
         _CACHE.clear()  # one live dataset at a time keeps memory bounded
         _CACHE[key] = _build(config)

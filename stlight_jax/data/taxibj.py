@@ -23,15 +23,15 @@ class TaxiBJ(common.ArrayDataset):
             raise ValueError(f"{path}: config.data.path does not exist")
         try:
             with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in _KEYS if k not in z.files]
-                if missing:
-                    raise ValueError(
-                        f"{path}: TaxiBJ needs arrays {list(_KEYS)}, missing {missing} "
-                        f"(found {sorted(z.files)})"
-                    )
-                self._arrays = {k: z[k] for k in _KEYS}
-        except (OSError, zipfile.BadZipFile) as e:
+                self._arrays = {k: z[k] for k in z.files if k in _KEYS}
+                found = sorted(z.files)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: cannot read as .npz ({e})") from e
+        missing = [k for k in _KEYS if k not in self._arrays]
+        if missing:
+            raise ValueError(
+                f"{path}: TaxiBJ needs arrays {list(_KEYS)}, missing {missing} (found {found})"
+            )
         m = config.model
         for k, a in self._arrays.items():
             where = f"{path}: {k}"

@@ -1,0 +1,205 @@
+"""TaxiBJ, KTH and custom arrays on small synthetic files, including their error messages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs.common import get_base_config
+from stlight_jax import data
+from stlight_jax.data import kth
+
+
+def _config(tmp_path, name, path, frames=(4, 4), size=(32, 32), channels=2, **d):
+    c = get_base_config()
+    c.data.name, c.data.path, c.data.data_dir = name, str(path), str(tmp_path / "cache")
+    c.data.batch_size, c.data.eval_batch_size, c.data.num_val = 4, 4, 2
+    c.model.frames_in, c.model.frames_out = frames
+    c.model.image_size, c.model.channels = size, channels
+    for k, v in d.items():
+        setattr(c.data, k, v)
+    return c
+
+
+def _taxibj(path, n_train=11, n_test=3, lo=-1.0):
+    rng = np.random.default_rng(0)
+    arrays = {
+        f"{xy}_{s}": rng.uniform(lo, 1.0, (n, 4, 2, 32, 32)).astype(np.float32)
+        for s, n in (("train", n_train), ("test", n_test))
+        for xy in "XY"
+    }
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_taxibj_layout_scale_and_splits(tmp_path):
+    arrays = _taxibj(tmp_path / "dataset.npz")
+    c = _config(tmp_path, "taxibj", tmp_path / "dataset.npz")
+    assert data.steps_per_epoch(c) == 2  # 11 - 2 held out = 9 -> 2 batches of 4
+    seen = []
+    it = data.create_train_iterator(c)
+    for _ in range(2):
+        b = next(it)
+        assert b["inputs"].shape == (4, 4, 32, 32, 2)
+        seen += [b["inputs"][j] for j in range(4)]
+    # Each training sample is (X+1)/2 of one of the first 9 rows, NTCHW -> NTHWC, no repeats.
+    want = [(arrays["X_train"][r].transpose(0, 2, 3, 1) + 1) / 2 for r in range(9)]
+    rows = [next(r for r in range(9) if np.allclose(s, want[r])) for s in seen]
+    assert len(set(rows)) == 8
+    val = list(data.create_eval_iterator(c, "val"))
+    np.testing.assert_allclose(
+        val[0]["targets"][1], (arrays["Y_train"][10].transpose(0, 2, 3, 1) + 1) / 2, rtol=1e-6
+    )
+    assert val[0]["mask"].tolist() == [1, 1, 0, 0]
+    assert "rows 9-10" in data.describe_source(c, "val")
+    # Epochs reshuffle.
+    e1 = [next(it)["inputs"] for _ in range(2)]
+    assert not all(np.array_equal(a, b) for a, b in zip(e1, [seen[0:4], seen[4:8]], strict=True))
+
+
+def test_taxibj_errors(tmp_path):
+    p = tmp_path / "dataset.npz"
+    _taxibj(p, lo=-1.5)
+    c = _config(tmp_path, "taxibj", p)
+    with pytest.raises(
+        ValueError, match=r"X_train: values span \[-1.4\d*, .*declared range is \[-1, 1\]"
+    ):
+        data.steps_per_epoch(c)
+    _taxibj(p)
+    c.model.frames_in = 6
+    with pytest.raises(ValueError, match="X_train has 4 frames but config.model.frames_in=6"):
+        data.steps_per_epoch(c)
+    c.model.frames_in, c.model.image_size = 4, (64, 64)
+    with pytest.raises(
+        ValueError, match=r"frames are 32x32 but config.model.image_size=\(64, 64\)"
+    ):
+        data.steps_per_epoch(c)
+    c.data.path = str(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="missing.npz: config.data.path does not exist"):
+        data.steps_per_epoch(c)
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    c.data.path = str(tmp_path / "broken.npz")
+    with pytest.raises(ValueError, match="broken.npz: cannot read"):
+        data.steps_per_epoch(c)
+
+
+def test_custom_arrays_layouts_range_and_sharding(tmp_path):
+    n, t = 14, 6
+    # Sample i is filled with i, so batches reveal which samples they hold.
+    arr = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None, None], (n, t, 1, 8, 8))
+    np.save(tmp_path / "x.npy", np.ascontiguousarray(arr))
+    c = _config(
+        tmp_path,
+        "custom",
+        tmp_path / "x.npy",
+        frames=(2, 3),
+        size=(8, 8),
+        channels=1,
+        layout="NTCHW",
+        value_range=(0, 20),
+        batch_size=4,
+        num_val=2,
+    )
+    assert data.steps_per_epoch(c) == 3
+    shards = [data.create_train_iterator(c, p, 2) for p in range(2)]
+    whole = data.create_train_iterator(c)
+    for _epoch in range(2):
+        ids = []
+        for _ in range(3):
+            g = next(whole)
+            parts = [next(s) for s in shards]
+            assert g["inputs"].shape == (4, 2, 8, 8, 1) and g["targets"].shape == (4, 3, 8, 8, 1)
+            np.testing.assert_array_equal(np.concatenate([p["inputs"] for p in parts]), g["inputs"])
+            ids += np.rint(g["inputs"][:, 0, 0, 0, 0] * 20).astype(int).tolist()
+        assert len(set(ids)) == 12 and set(ids) <= set(range(12))  # never the held-out 12, 13
+    np.testing.assert_allclose(
+        next(iter(data.create_eval_iterator(c, "val")))["inputs"][1], 13 / 20
+    )
+    with pytest.raises(ValueError, match="no test samples; put a 'test' array"):
+        data.create_eval_iterator(c, "test")
+
+    np.save(tmp_path / "x.npy", np.ascontiguousarray(arr) + 30)
+    with pytest.raises(
+        ValueError, match=r"x.npy \(config.data.value_range\): values span \[30, 43\]"
+    ):
+        data.steps_per_epoch(c)
+    c.data.layout = "NTHWC"
+    with pytest.raises(
+        ValueError, match=r"x.npy: frames are 1x8 but config.model.image_size=\(8, 8\)"
+    ):
+        data.steps_per_epoch(c)
+    np.save(tmp_path / "x.npy", np.zeros((3, 4, 8, 8, 1)))
+    with pytest.raises(ValueError, match=r"has 4 frames \(layout NTHWC\) but .* = 2 \+ 3 = 5"):
+        data.steps_per_epoch(c)
+    np.save(tmp_path / "x.npy", np.zeros((3, 4, 8, 8)))
+    with pytest.raises(ValueError, match=r"x.npy must be 5-D NTHWC .*\(3, 4, 8, 8\)"):
+        data.steps_per_epoch(c)
+    np.savez(tmp_path / "y.npz", train=np.zeros((5, 5, 8, 8, 1)), test=np.ones((2, 5, 8, 8, 1)))
+    c.data.path, c.data.value_range = str(tmp_path / "y.npz"), (0, 1)
+    test = list(data.create_eval_iterator(c, "test"))
+    assert len(test) == 1 and test[0]["mask"].tolist() == [1, 1, 0, 0]
+    assert test[0]["targets"][:2].min() == 1.0
+
+
+def _kth_root(tmp_path, frames=35, size=(24, 32)):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "kth"
+    for action in ("boxing", "running"):
+        for person in ("01", "02", "17"):
+            d = root / action / f"person{person}_{action}_d1_uncomp"
+            d.mkdir(parents=True)
+            for f in range(1, frames + 1):
+                img = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+                Image.fromarray(img).save(d / f"image_{f:04d}.png")
+    return root
+
+
+def test_kth_window_rule_split_and_cache(tmp_path):
+    root = _kth_root(tmp_path)
+    c = _config(tmp_path, "kth", root, frames=(4, 6), size=(16, 16), channels=1, num_val=0)
+    ix = kth.load_index(str(root), kth.TRAIN_PERSONS, 10, c.data.data_dir)
+    # Backward scan from each video's end: boxing (non-overlapping) takes frames 26-35, 16-25,
+    # 6-15; running (stride 3) takes windows ending at 35, 32, ..., 11 (9 windows).
+    starts = {}
+    for v, s in ix["windows"]:
+        starts.setdefault(ix["videos"][v], []).append(s)
+    assert starts["boxing/person01_boxing_d1_uncomp"] == [25, 15, 5]
+    assert starts["running/person02_running_d1_uncomp"] == [25, 22, 19, 16, 13, 10, 7, 4, 1]
+    assert all("person17" not in v for v in ix["videos"])
+    assert len(list((tmp_path / "cache").glob("kth_index_10_*.json"))) == 1
+    assert data.steps_per_epoch(c) == (2 * 3 + 2 * 9) // 4
+    b = next(data.create_train_iterator(c))
+    assert (
+        b["inputs"].shape == (4, 4, 16, 16, 1) and 0 <= b["inputs"].min() <= b["inputs"].max() <= 1
+    )
+    test = list(data.create_eval_iterator(c, "test"))  # person 17 only: 3 + 9 windows
+    assert sum(x["mask"].sum() for x in test) == 12
+    assert "the test split (num_val=0" in data.describe_source(c, "val")
+    # The first test window is person17 running frames 26-35 (first in the scan order).
+    frame = np.asarray(Image.open(root / "running/person17_running_d1_uncomp/image_0026.png"))
+    want = kth.resize_bilinear(frame[:, :, 0], (16, 16)) / 255
+    np.testing.assert_allclose(test[0]["inputs"][0, 0, ..., 0], want, rtol=1e-6)
+
+
+def test_resize_matches_cv2_linear_convention():
+    # Upsampling 2 -> 4 with half-pixel centres and clamped borders: [a, .75a+.25b, .25a+.75b, b].
+    img = np.array([[0.0, 4.0]], np.float32).repeat(2, 0)
+    np.testing.assert_allclose(kth.resize_bilinear(img, (2, 4))[0], [0, 1, 3, 4])
+    cv2 = pytest.importorskip("cv2", reason="opencv is not a dependency; compared when present")
+    x = np.random.default_rng(0).uniform(0, 255, (120, 160)).astype(np.float32)
+    np.testing.assert_allclose(
+        kth.resize_bilinear(x, (128, 128)), cv2.resize(x, (128, 128)), atol=1e-3
+    )
+
+
+def test_kth_errors(tmp_path):
+    root = _kth_root(tmp_path, frames=8)
+    c = _config(tmp_path, "kth", root, frames=(4, 6), size=(16, 16), channels=1)
+    with pytest.raises(
+        ValueError, match=r"no 10-frame windows \(frames_in \+ frames_out = 4 \+ 6\)"
+    ):
+        data.steps_per_epoch(c)
+    c.data.path = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="nowhere: config.data.path is not a directory"):
+        data.steps_per_epoch(c)
