@@ -301,11 +301,11 @@ def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str) -> Non
     if path.endswith(".safetensors"):
         from safetensors.numpy import save_file
 
-        save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
+        save_file({k: np.array(v, order="C") for k, v in state_dict.items()}, path)
         return
     import torch
 
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, path)
+    torch.save({k: torch.from_numpy(np.array(v, order="C")) for k, v in state_dict.items()}, path)
 
 
 def load_into_model(
@@ -317,9 +317,9 @@ def load_into_model(
     variables = state_dict_to_variables(state_dict, model.config, strict=strict, source=source)
     for coll, var_type in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
         state = nnx.state(model, var_type)
-        pure = state.to_pure_dict()
+        pure = nnx.to_pure_dict(state)
         _merge(pure, variables[coll])
-        state.replace_by_pure_dict(pure)
+        nnx.replace_by_pure_dict(state, pure)
         nnx.update(model, state)
 
 
@@ -342,6 +342,6 @@ def model_state_dict(model: Any) -> dict[str, np.ndarray]:
     """The Figure 10 state_dict of an `STLight` NNX model."""
     from flax import nnx
 
-    params = nnx.state(model, nnx.Param).to_pure_dict()
-    stats = nnx.state(model, nnx.BatchStat).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
     return variables_to_state_dict(params, stats, model.config)

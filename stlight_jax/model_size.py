@@ -1,0 +1,78 @@
+"""Model size report: exact parameter count and FLOPs per sample, fvcore-style and true MACs.
+
+The paper's FLOP column comes from fvcore (REFERENCE.md section 6): a multiply-add counts 1,
+eval-mode BatchNorm 2 per element, GELU/add/pixel shuffle 0, and the two padding='same'
+depthwise convs 0 because fvcore has no handler for `aten::_convolution_mode`. `true_macs`
+counts every convolution and matmul multiply-accumulate, including the depthwise convs, and
+nothing elementwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stlight_jax.models import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    params: int  # trainable: conv weights and biases, BatchNorm scale and bias
+    fvcore_flops: int  # the paper's convention, per sample
+    true_macs: int  # all conv/matmul multiply-accumulates, per sample
+
+    def summary(self) -> str:
+        return (
+            f"{self.params / 1e6:.2f}M params, {self.fvcore_flops / 1e9:.2f} GFLOPs "
+            f"(fvcore convention, as in the paper), {self.true_macs / 1e9:.2f} GMACs (all convs)"
+        )
+
+
+def model_size(cfg: ModelConfig) -> ModelSize:
+    """Counts analytically from the config; tests check it against the built models."""
+    cfg.validate()
+    d, p, kp = cfg.dim, cfg.patch, cfg.encoder_kernel
+    h, w = cfg.image_size
+    latent = (h // p) * (w // p)
+    t_in, t_out = cfg.frames_in * cfg.channels, cfg.frames_out * cfg.channels
+    d_up = d // (p * p)
+    bn = 2 * d
+
+    encoder_params = t_in * d * kp * kp + d + bn
+    depthwise_params = d * cfg.k1**2 + d + d * cfg.k2**2 + d
+    block_params = depthwise_params + bn + d * d + d + bn
+    reassemble_params = d_up * t_out + t_out
+    params = encoder_params + cfg.depth * block_params + reassemble_params
+
+    encoder_macs = latent * d * t_in * kp * kp
+    pointwise_macs = latent * d * d
+    depthwise_macs = latent * d * (cfg.k1**2 + cfg.k2**2)
+    reassemble_macs = h * w * d_up * t_out
+    bn_flops = 2 * latent * d
+
+    fvcore = encoder_macs + bn_flops + cfg.depth * (pointwise_macs + 2 * bn_flops)
+    fvcore += reassemble_macs
+    true = encoder_macs + cfg.depth * (pointwise_macs + depthwise_macs) + reassemble_macs
+    return ModelSize(params=params, fvcore_flops=fvcore, true_macs=true)
+
+
+def count_params(model) -> int:
+    """Trainable parameters of a built NNX model (BatchNorm running statistics excluded)."""
+    import jax
+    from flax import nnx
+
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+# The paper's Table 3 sizes (REFERENCE.md section 6): name -> (model fields, paper params,
+# paper GFLOPs). Configs build their models from here so the table lives in one place.
+_MMNIST = dict(frames_in=10, frames_out=10, channels=1, image_size=(64, 64), depth=16, patch=2)
+_TAXIBJ = dict(frames_in=4, frames_out=4, channels=2, image_size=(32, 32), patch=1)
+PAPER_SIZES: dict[str, tuple[dict, float, float]] = {
+    "mmnist_XS": ({**_MMNIST, "dim": 800}, 11.1e6, 10.6e9),
+    "mmnist_S": ({**_MMNIST, "dim": 1000}, 17.1e6, 16.5e9),
+    "mmnist_M": ({**_MMNIST, "dim": 1200}, 24.3e6, 23.7e9),
+    "mmnist_L": ({**_MMNIST, "dim": 1400}, 32.9e6, 32.3e9),
+    "taxibj_S": ({**_TAXIBJ, "dim": 256, "depth": 12}, 0.99e6, 0.82e9),
+    "taxibj_M": ({**_TAXIBJ, "dim": 256, "depth": 20}, 1.65e6, 1.37e9),
+    "taxibj_L": ({**_TAXIBJ, "dim": 512, "depth": 10}, 2.96e6, 2.71e9),
+}
