@@ -76,3 +76,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 0  # 0: at the end of every epoch only
     config.init_from = ""  # Orbax checkpoint dir or PyTorch weights file
     return config
+
+
+def model_fields(sizes: dict, **overrides) -> dict:
+    """`config.model` fields from a `stlight_jax.model_size.PAPER_SIZES` entry (+ overrides)."""
+    return {**sizes, **overrides}

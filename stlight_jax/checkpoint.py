@@ -1,0 +1,170 @@
+"""Orbax checkpoints: training state + data-iterator state, keep-latest and keep-best, fallbacks.
+
+A workdir's checkpoints live in `<workdir>/checkpoints/<step>/` with two items: `state`
+({'params', 'batch_stats', 'opt_state', 'step'}) and `data` (the input iterator's JSON state).
+A weights-only checkpoint (from `stlight_jax.convert import`) holds just
+{'params', 'batch_stats'} under `state`. Restores go into an abstract target, so a checkpoint
+written on 8 devices restores on 1 and the other way round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+CHECKPOINT_DIR = "checkpoints"
+VAL_METRIC = "val_mse"
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def create_manager(directory: str, keep_latest: int = 2, read_only: bool = False):
+    """A manager that keeps the `keep_latest` newest steps and the best by validation MSE.
+
+    With `best_fn` alone, Orbax's `max_to_keep` would delete the latest checkpoint whenever it
+    is not among the best, and resume would go back in time; the two policies are combined.
+    Keeping two latest steps leaves a fallback when the newest one is unreadable.
+    """
+    policy = checkpoint_managers.AnyPreservationPolicy(
+        [
+            checkpoint_managers.LatestN(n=keep_latest),
+            checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m[VAL_METRIC],
+                reverse=True,  # sorted descending and the last n kept: lowest MSE is best
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=False,
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(directory), options=options, item_names=("state", "data")
+    )
+
+
+def save(
+    manager, step: int, state: Any, data_state: dict | None, metrics: dict[str, float] | None = None
+) -> None:
+    """Saves the training state (a pytree) and the data-iterator state at `step`."""
+    items = {"state": ocp.args.StandardSave(state)}
+    items["data"] = ocp.args.JsonSave(data_state or {})
+    manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    manager.wait_until_finished()
+
+
+def abstract_like(tree: Any) -> Any:
+    """The shape/dtype/sharding skeleton of `tree`, the target a restore fills in."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def best_step(manager) -> int | None:
+    """The step with the lowest validation MSE, or None when no checkpoint has metrics."""
+    best, best_value = None, float("inf")
+    for step in manager.all_steps():
+        metrics = manager.metrics(step)
+        if metrics and VAL_METRIC in metrics and metrics[VAL_METRIC] < best_value:
+            best, best_value = step, metrics[VAL_METRIC]
+    return best
+
+
+def restore(manager, step: int, target: Any) -> tuple[Any, dict]:
+    """Restores (state, data_state) at `step` into the abstract `target` pytree."""
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], dict(restored["data"] or {})
+
+
+def restore_latest_readable(
+    manager, target: Any, log: Callable[[str], None] = logging.warning
+) -> tuple[int, Any, dict] | None:
+    """Restores the newest checkpoint that reads back; skips unreadable ones with a warning.
+
+    Returns (step, state, data_state), or None when the manager has no readable checkpoint.
+    """
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state, data_state = restore(manager, step, target)
+        except Exception as e:  # truncated / half-written files surface as many error types
+            log(
+                f"checkpoint at step {step} in {manager.directory} is unreadable "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying the previous one"
+            )
+            continue
+        return step, state, data_state
+    return None
+
+
+def save_weights(directory: str, params: Any, batch_stats: Any, step: int = 0) -> str:
+    """Writes a weights-only checkpoint ({'params', 'batch_stats'}) that training can start from."""
+    manager = create_manager(directory, keep_latest=1)
+    save(manager, step, {"params": params, "batch_stats": batch_stats}, {})
+    manager.close()
+    return os.path.join(os.path.abspath(directory), str(step))
+
+
+def restore_weights(
+    path: str, target_params: Any, target_batch_stats: Any, step: int | str | None = None
+) -> tuple[Any, Any, int]:
+    """Reads params and batch stats from a workdir, its checkpoints dir, or a converted checkpoint.
+
+    `step` picks a step number, 'latest' or 'best' (default: best if any checkpoint has
+    validation metrics, else latest). Returns (params, batch_stats, step).
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+        path = os.path.join(path, CHECKPOINT_DIR)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+    manager = create_manager(path, read_only=True)
+    try:
+        steps = manager.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"{path!r} holds no Orbax checkpoint")
+        if step is None or step == "best":
+            chosen = best_step(manager)
+            if chosen is None:
+                if step == "best":
+                    raise ValueError(f"{path!r} has no checkpoint with validation metrics")
+                chosen = manager.latest_step()
+        elif step == "latest":
+            chosen = manager.latest_step()
+        else:
+            chosen = int(step)
+            if chosen not in steps:
+                raise ValueError(f"{path!r} has no step {chosen}; it has {sorted(steps)}")
+        target = {
+            "params": abstract_like(target_params),
+            "batch_stats": abstract_like(target_batch_stats),
+        }
+        # Partial restore: a training checkpoint also holds opt_state and step, ignored here.
+        restored = manager.restore(
+            chosen,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                )
+            ),
+        )
+        state = restored["state"]
+        return state["params"], state["batch_stats"], chosen
+    finally:
+        manager.close()
