@@ -345,3 +345,100 @@ def model_state_dict(model: Any) -> dict[str, np.ndarray]:
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
     return variables_to_state_dict(params, stats, model.config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: python -m stlight_jax.convert {import,export} ...
+
+
+def import_to_checkpoint(weights: str, config: Any, out: str, strict: bool = True) -> str:
+    """PyTorch weights file -> Orbax weights checkpoint that train.py (`init_from`) and
+    evaluate.py (`--checkpoint`) start from. Returns the checkpoint path."""
+    from flax import nnx
+
+    from stlight_jax import checkpoint
+    from stlight_jax.models import create_model
+
+    model = create_model(ModelConfig.from_config(config.model), seed=0)
+    load_into_model(model, load_state_dict_file(weights), strict=strict, source=weights)
+    return checkpoint.save_weights(
+        out, nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat)
+    )
+
+
+def export_from_checkpoint(path: str, config: Any, out: str, step: str | None = None) -> str:
+    """Orbax checkpoint (workdir, checkpoints dir or weights checkpoint) -> PyTorch file.
+
+    `out` ending in .safetensors writes safetensors, anything else a torch.save state_dict.
+    """
+    from flax import nnx
+
+    from stlight_jax import checkpoint
+    from stlight_jax.models import create_model
+
+    model = create_model(ModelConfig.from_config(config.model), seed=0)
+    params, batch_stats, chosen = checkpoint.restore_weights(
+        path, nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat), step
+    )
+    nnx.update(model, params, batch_stats)
+    save_state_dict_file(model_state_dict(model), out)
+    return f"{out} (step {chosen})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m stlight_jax.convert",
+        description="Convert STLight weights between PyTorch (Figure 10 keys) and stlight-jax.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="PyTorch .pt/.pth/.ckpt/.safetensors -> Orbax checkpoint")
+    imp.add_argument("--weights", required=True, help="PyTorch weights file")
+    imp.add_argument("--out", required=True, help="directory for the Orbax checkpoint")
+    imp.add_argument("--non_strict", action="store_true", help="allow missing/unexpected keys")
+    exp = sub.add_parser("export", help="Orbax checkpoint or workdir -> .safetensors / .pth")
+    exp.add_argument("--checkpoint", required=True, help="workdir, checkpoints dir or ckpt dir")
+    exp.add_argument("--out", required=True, help="output file (.safetensors or .pth)")
+    exp.add_argument("--step", default=None, help="'best', 'latest' or a step number")
+    for p in (imp, exp):
+        p.add_argument(
+            "--config",
+            required=True,
+            help="config file with optional argument, e.g. configs/mmnist.py:S, "
+            "or a workdir's config.json",
+        )
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    try:
+        if args.command == "import":
+            where = import_to_checkpoint(args.weights, config, args.out, not args.non_strict)
+            print(f"wrote {where}; start from it with --config.init_from={args.out}")
+        else:
+            print(f"wrote {export_from_checkpoint(args.checkpoint, config, args.out, args.step)}")
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+def load_config(spec: str) -> Any:
+    """'configs/x.py[:arg]' -> get_config(arg); 'something.json' -> the saved ConfigDict."""
+    import importlib.util
+    import json
+
+    import ml_collections
+
+    if spec.endswith(".json"):
+        with open(spec) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location("_stlight_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+if __name__ == "__main__":
+    main()
