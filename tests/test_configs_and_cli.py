@@ -1,0 +1,109 @@
+"""Every config file builds a valid model of the documented size; the convert CLI round-trips."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stlight_jax.convert import load_config
+from stlight_jax.model_size import PAPER_SIZES, model_size
+from stlight_jax.models import ModelConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SPECS = [f"configs/mmnist.py:{s}" for s in ("XS", "S", "M", "L", "cpu")]
+SPECS += [f"configs/taxibj.py:{s}" for s in ("S", "M", "L")]
+SPECS += [f"configs/kth.py:{s}" for s in ("S", "M", "L", "XL")] + ["configs/custom.py"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_config_builds_a_valid_model(spec):
+    config = load_config(os.path.join(ROOT, spec))
+    cfg = ModelConfig.from_config(config.model)
+    key = config.name
+    if key in PAPER_SIZES:
+        assert model_size(cfg).params == model_size(ModelConfig(**PAPER_SIZES[key][0])).params
+    module = open(os.path.join(ROOT, spec.split(":")[0])).read()
+    assert "python train.py --config=" in module  # the docstring gives the command
+
+
+def test_unknown_size_is_an_error():
+    with pytest.raises(ValueError, match="unknown size 'XXL'"):
+        load_config(os.path.join(ROOT, "configs/mmnist.py:XXL"))
+
+
+def test_table2_hyperparameters():
+    c = load_config(os.path.join(ROOT, "configs/mmnist.py:L"))
+    assert (c.optimizer.learning_rate, c.data.batch_size, c.num_epochs) == (3e-3, 16, 200)
+    assert (c.optimizer.schedule, c.optimizer.final_div_factor) == ("onecycle", 1e4)
+    t = load_config(os.path.join(ROOT, "configs/taxibj.py:L"))
+    assert (t.optimizer.learning_rate, t.optimizer.schedule, t.num_epochs) == (3e-3, "cosine", 50)
+    k = load_config(os.path.join(ROOT, "configs/kth.py:L"))
+    assert (k.optimizer.learning_rate, k.data.batch_size, k.num_epochs) == (5e-4, 12, 100)
+
+
+def test_convert_cli_round_trip(tmp_path):
+    torch = pytest.importorskip("torch", reason="the CLI round trip starts from a torch file")
+    from conftest import randomize_reference
+
+    from stlight_jax.reference import reference_from_config
+
+    config = load_config(os.path.join(ROOT, "configs/mmnist.py:cpu"))
+    config.model.dim, config.model.depth = 32, 3
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(config.to_json())
+    ref = reference_from_config(ModelConfig.from_config(config.model))
+    randomize_reference(ref, seed=3)
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in ref.state_dict().items()}}, tmp_path / "w.ckpt"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "stlight_jax.convert", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    r = cli(
+        "import",
+        f"--config={cfg_path}",
+        f"--weights={tmp_path / 'w.ckpt'}",
+        f"--out={tmp_path / 'ckpt'}",
+    )
+    assert r.returncode == 0, r.stderr
+    for out in ("back.safetensors", "back.pth"):
+        r = cli(
+            "export",
+            f"--config={cfg_path}",
+            f"--checkpoint={tmp_path / 'ckpt'}",
+            f"--out={tmp_path / out}",
+        )
+        assert r.returncode == 0, r.stderr
+    from safetensors.numpy import load_file
+
+    back_st = load_file(str(tmp_path / "back.safetensors"))
+    back_pt = torch.load(tmp_path / "back.pth", weights_only=True)
+    for k, v in ref.state_dict().items():
+        assert np.array_equal(back_st[k], v.numpy()) and back_st[k].dtype == v.numpy().dtype, k
+        assert torch.equal(back_pt[k], v), k
+    # A wrongly sized model is refused with one line naming the keys.
+    config.model.dim = 48
+    cfg_path.write_text(config.to_json())
+    r = cli(
+        "import",
+        f"--config={cfg_path}",
+        f"--weights={tmp_path / 'w.ckpt'}",
+        f"--out={tmp_path / 'bad'}",
+    )
+    assert r.returncode != 0
+    assert "wrongly shaped" in r.stderr and "patch_encoder.0.weight" in r.stderr
+    json.loads(cfg_path.read_text())
