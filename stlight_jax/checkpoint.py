@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +21,27 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "unreadable_checkpoints"  # beside CHECKPOINT_DIR: steps set aside on resume
 VAL_METRIC = "val_mse"
+
+
+class _DropNoMetricWarning(logging.Filter):
+    """Orbax warns on every save without metrics once `best_fn` is set; ours are deliberate
+    (mid-epoch and signal checkpoints have no validation MSE)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropNoMetricWarning())
 
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def _val_metric(metrics: dict) -> float:
+    return metrics[VAL_METRIC]
 
 
 def create_manager(directory: str, keep_latest: int = 2, read_only: bool = False):
@@ -32,12 +50,17 @@ def create_manager(directory: str, keep_latest: int = 2, read_only: bool = False
     With `best_fn` alone, Orbax's `max_to_keep` would delete the latest checkpoint whenever it
     is not among the best, and resume would go back in time; the two policies are combined.
     Keeping two latest steps leaves a fallback when the newest one is unreadable.
+
+    `best_fn` is set as well although the preservation policy does the keeping: Orbax only
+    writes a step's metrics to disk when `best_fn` is set, and without them on disk a
+    restarted run sees no validation MSE on any old step, so `best_step` finds nothing and
+    BestN (keep_checkpoints_without_metrics=False) deletes the earlier best checkpoint.
     """
     policy = checkpoint_managers.AnyPreservationPolicy(
         [
             checkpoint_managers.LatestN(n=keep_latest),
             checkpoint_managers.BestN(
-                get_metric_fn=lambda m: m[VAL_METRIC],
+                get_metric_fn=_val_metric,
                 reverse=True,  # sorted descending and the last n kept: lowest MSE is best
                 n=1,
                 keep_checkpoints_without_metrics=False,
@@ -46,6 +69,8 @@ def create_manager(directory: str, keep_latest: int = 2, read_only: bool = False
     )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
+        best_fn=_val_metric,
+        best_mode="min",
         create=not read_only,
         read_only=read_only,
         enable_async_checkpointing=False,
@@ -97,18 +122,44 @@ def restore_latest_readable(
     """Restores the newest checkpoint that reads back; skips unreadable ones with a warning.
 
     Returns (step, state, data_state), or None when the manager has no readable checkpoint.
+    Unreadable steps newer than the one restored are moved to `<workdir>/unreadable_checkpoints/`
+    (kept for inspection, not deleted): left in place, the resumed run would reach their step
+    number again and Orbax refuses to save over an existing step.
     """
+    unreadable = []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
             state, data_state = restore(manager, step, target)
         except Exception as e:  # truncated / half-written files surface as many error types
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             log(
                 f"checkpoint at step {step} in {manager.directory} is unreadable "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); trying the previous one"
+                f"({type(e).__name__}: {msg}); trying the previous one"
             )
+            unreadable.append(step)
             continue
+        _set_aside(manager, unreadable, log)
         return step, state, data_state
+    _set_aside(manager, unreadable, log)
     return None
+
+
+def _set_aside(manager, steps: list[int], log: Callable[[str], None]) -> None:
+    if not steps:
+        return
+    directory = os.fspath(manager.directory)
+    aside = os.path.join(os.path.dirname(directory), UNREADABLE_DIR)
+    if jax.process_index() == 0:
+        os.makedirs(aside, exist_ok=True)
+        for step in steps:
+            dest = os.path.join(aside, f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+            shutil.move(os.path.join(directory, str(step)), dest)
+            log(f"moved unreadable checkpoint step {step} to {dest}")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("stlight_jax.checkpoint.set_aside")
+    manager.reload()
 
 
 def save_weights(directory: str, params: Any, batch_stats: Any, step: int = 0) -> str:

@@ -84,7 +84,11 @@ def apply_model(
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lr_fn: Callable[[Any], Any]
 ) -> Callable[[State, dict], tuple[State, dict]]:
-    """The pure step (state, batch) -> (new state, {'loss', 'lr'}); element-mean MSE loss."""
+    """The pure step (state, batch) -> (new state, {'loss', 'lr', 'params_finite'}).
+
+    Element-mean MSE loss; 'loss' and 'lr' are those of the update just made (0-based step
+    `state['step']`), 'params_finite' says whether every updated parameter is finite.
+    """
 
     def train_step(state: State, batch: dict) -> tuple[State, dict]:
         def loss_fn(params):
@@ -95,13 +99,19 @@ def make_train_step(
 
         (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_params = optax.apply_updates(state["params"], updates)
+        # The loss is that of the params *before* this update; an update can still overflow
+        # them, and the checkpoint written after this step must not hold Inf/NaN weights.
+        params_finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_params)])
+        )
         new_state = {
-            "params": optax.apply_updates(state["params"], updates),
+            "params": new_params,
             "batch_stats": new_stats,
             "opt_state": opt_state,
             "step": state["step"] + 1,
         }
-        return new_state, {"loss": loss, "lr": lr_fn(state["step"])}
+        return new_state, {"loss": loss, "lr": lr_fn(state["step"]), "params_finite": params_finite}
 
     return train_step
 
@@ -297,6 +307,8 @@ class _StopSignal:
         return self
 
     def _handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         self.received = signum
 
     def __exit__(self, *exc):
@@ -334,7 +346,18 @@ def _load_init_from(config, graphdef, state, tx) -> tuple[State, str]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains per `config` into `workdir`, resuming if it holds a checkpoint; returns the test
     metrics of the best-validation checkpoint ({'model': ..., 'zeros': ..., 'last_frame': ...}).
+
+    SIGTERM/SIGINT (from the start, compilation included) make it save a checkpoint after the
+    current step and return {'interrupted_at_step': step}. A non-finite loss or parameter
+    raises NonFiniteLossError naming the step; nothing non-finite is ever checkpointed.
     """
+    with _StopSignal() as stop:
+        return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, stop: _StopSignal
+) -> dict[str, Any]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     cfg = model_config(config)
@@ -369,59 +392,110 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config, process_index=jax.process_index(), process_count=n_proc
     )
     manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir))
-    target = jax.device_put(state, replicated)
-    restored = checkpoint.restore_latest_readable(manager, checkpoint.abstract_like(target))
-    if restored is not None:
-        start_step, state, data_state = restored
-        train_iter.set_state(data_state)
-        logging.info("Resuming from %s at step %d", manager.directory, start_step)
-    else:
-        start_step = 0
-        if config.init_from:
-            state, what = _load_init_from(config, graphdef, state, tx)
-            logging.info("Initialised from %s", what)
+    writer = None
+    try:
+        target = jax.device_put(state, replicated)
+        restored = checkpoint.restore_latest_readable(manager, checkpoint.abstract_like(target))
+        del target
+        if restored is not None:
+            start_step, state, data_state = restored
+            train_iter.set_state(data_state)
+            logging.info("Resuming from %s at step %d", manager.directory, start_step)
         else:
-            logging.info("Fresh initialisation (seed %d)", config.seed)
-        state = jax.device_put(state, replicated)
-    del target
+            start_step = 0
+            if config.init_from:
+                state, what = _load_init_from(config, graphdef, state, tx)
+                logging.info("Initialised from %s", what)
+            else:
+                logging.info("Fresh initialisation (seed %d)", config.seed)
+            state = jax.device_put(state, replicated)
 
-    writer = MetricWriter(workdir)
-    if start_step == 0:
-        writer.write(
-            0,
-            {
-                "params": size.params,
-                "fvcore_gflops": size.fvcore_flops / 1e9,
-                "true_gmacs": size.true_macs / 1e9,
-                "devices": n_dev,
-                "processes": n_proc,
-            },
+        writer = MetricWriter(workdir)
+        if start_step == 0:
+            writer.write(
+                0,
+                {
+                    "params": size.params,
+                    "fvcore_gflops": size.fvcore_flops / 1e9,
+                    "true_gmacs": size.true_macs / 1e9,
+                    "devices": n_dev,
+                    "processes": n_proc,
+                },
+            )
+        else:
+            writer.write(start_step, {"resumed_from_step": start_step})
+        train_step = jit_train_step(make_train_step(graphdef, tx, lr_fn), mesh)
+        eval_step = make_eval_step(graphdef, mesh)
+        return _loop(
+            config,
+            workdir,
+            stop,
+            mesh,
+            manager,
+            writer,
+            train_iter,
+            train_step,
+            eval_step,
+            state,
+            start_step,
+            steps_per_epoch,
+            total_steps,
         )
-    train_step = jit_train_step(make_train_step(graphdef, tx, lr_fn), mesh)
-    eval_step = make_eval_step(graphdef, mesh)
+    finally:
+        if writer is not None:
+            writer.close()
+        manager.close()
 
+
+def _loop(
+    config,
+    workdir,
+    stop,
+    mesh,
+    manager,
+    writer,
+    train_iter,
+    train_step,
+    eval_step,
+    state,
+    start_step,
+    steps_per_epoch,
+    total_steps,
+) -> dict[str, Any]:
+    """The training loop, the final save and the test evaluation of `train_and_evaluate`."""
+    n_proc = jax.process_count()
     log_every = max(1, config.log_every_steps)
     progress = _Progress(total_steps, start_step, config.data.batch_size, log_every)
-    pending: list[tuple[int, jax.Array, jax.Array]] = []  # (step, loss, lr) not yet fetched
+    pending: list[tuple[int, dict]] = []  # (step, step metrics) not yet fetched
 
     def flush_pending() -> float | None:
-        """Fetches logged losses; raises if any is non-finite, naming the first such step."""
+        """Fetches logged metrics; raises if a loss or the params went non-finite."""
         if not pending:
             return None
-        losses = jax.device_get([(s, loss, lr) for s, loss, lr in pending])
+        fetched = jax.device_get(pending)
         pending.clear()
-        for s, loss, _ in losses:
-            if not np.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite training loss {loss} at step {s}; the last good checkpoint "
-                    f"is step {manager.latest_step()} in {manager.directory}"
+        for s, m in fetched:
+            if not np.isfinite(m["loss"]) or not m["params_finite"]:
+                what = (
+                    f"training loss {m['loss']}"
+                    if not np.isfinite(m["loss"])
+                    else "parameters (after the update)"
                 )
-        s, loss, lr = losses[-1]
-        window = [float(x[1]) for x in losses]
+                raise NonFiniteLossError(
+                    f"non-finite {what} at step {s}; the last good checkpoint is step "
+                    f"{manager.latest_step()} in {manager.directory}"
+                )
+        s, m = fetched[-1]
+        window = [float(x["loss"]) for _, x in fetched]
         writer.write(
-            s, {"train_loss": float(np.mean(window)), "lr": float(lr), "epoch": s / steps_per_epoch}
+            s,
+            {
+                "train_loss": float(np.mean(window)),
+                "lr": float(m["lr"]),
+                "epoch": s / steps_per_epoch,
+            },
         )
-        return float(loss)
+        return float(m["loss"])
 
     def save(step: int, val: dict[str, float] | None = None) -> None:
         flush_pending()  # never checkpoint a state whose loss went non-finite
@@ -430,76 +504,75 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start_step
     start_time = time.time()
     compile_logged = False
-    with _StopSignal() as stop:
-        try:
-            while step < total_steps:
-                batch = global_batch(next(train_iter), mesh)
-                state, step_metrics = train_step(state, batch)
-                step += 1
-                if not compile_logged:
-                    jax.block_until_ready(step_metrics["loss"])
-                    logging.info("first step (compile + run) took %.1f s", time.time() - start_time)
-                    compile_logged = True
-                pending.append((step, step_metrics["loss"], step_metrics["lr"]))
-                if step % log_every == 0 or step == total_steps:
-                    progress.update(step, flush_pending())
-                if n_proc > 1 and step % log_every == 0:
-                    from jax.experimental import multihost_utils
+    try:
+        while step < total_steps:
+            batch = global_batch(next(train_iter), mesh)
+            state, step_metrics = train_step(state, batch)
+            step += 1
+            if not compile_logged:
+                jax.block_until_ready(step_metrics["loss"])
+                logging.info("first step (compile + run) took %.1f s", time.time() - start_time)
+                compile_logged = True
+            pending.append((step, step_metrics))
+            if step % log_every == 0 or step == total_steps:
+                progress.update(step, flush_pending())
+            if n_proc > 1 and step % log_every == 0:
+                from jax.experimental import multihost_utils
 
-                    flags = multihost_utils.process_allgather(np.int32(stop.received is not None))
-                    if np.any(flags) and stop.received is None:
-                        stop.received = signal.SIGTERM  # another process was signalled
-                if stop.received is not None and (n_proc == 1 or step % log_every == 0):
+                # Every process must stop at the same step, whichever one was signalled.
+                flags = multihost_utils.process_allgather(np.int32(stop.received is not None))
+                if np.any(flags) and stop.received is None:
+                    stop.received = signal.SIGTERM
+            if stop.received is not None and (n_proc == 1 or step % log_every == 0):
+                if manager.latest_step() != step:
                     save(step)
-                    logging.warning(
-                        "signal %d received: saved step %d to %s; exiting",
-                        stop.received,
-                        step,
-                        manager.directory,
-                    )
-                    progress.close()
-                    writer.close()
-                    manager.close()
-                    return {"interrupted_at_step": step}
-                epoch_done = step % steps_per_epoch == 0
-                epoch = step // steps_per_epoch
-                if epoch_done and (epoch % config.eval_every_epochs == 0 or step == total_steps):
-                    flush_pending()
-                    val = evaluate_split(
-                        config,
-                        eval_step,
-                        state["params"],
-                        state["batch_stats"],
-                        mesh,
-                        "val",
-                        baselines=False,
-                    )
-                    val_mse = val["model"]["mse"]
-                    writer.write(
-                        step,
-                        {
-                            "val_mse": val_mse,
-                            "val_mae": val["model"]["mae"],
-                            "val_ssim": val["model"]["ssim"],
-                            "val_psnr": val["model"]["psnr"],
-                            "epoch": epoch,
-                        },
-                    )
-                    logging.info(
-                        "epoch %d step %d: val MSE %.4f MAE %.4f SSIM %.5f",
-                        epoch,
-                        step,
-                        val_mse,
-                        val["model"]["mae"],
-                        val["model"]["ssim"],
-                    )
-                    save(step, {checkpoint.VAL_METRIC: float(val_mse)})
-                elif epoch_done or (
-                    config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-                ):
-                    save(step)
-        finally:
-            progress.close()
+                logging.warning(
+                    "signal %d received: saved step %d to %s; exiting",
+                    stop.received,
+                    step,
+                    manager.directory,
+                )
+                return {"interrupted_at_step": step}
+            epoch_done = step % steps_per_epoch == 0
+            epoch = step // steps_per_epoch
+            every = config.eval_every_epochs  # 0: validate after the last epoch only
+            if epoch_done and ((every > 0 and epoch % every == 0) or step == total_steps):
+                flush_pending()
+                val = evaluate_split(
+                    config,
+                    eval_step,
+                    state["params"],
+                    state["batch_stats"],
+                    mesh,
+                    "val",
+                    baselines=False,
+                )
+                val_mse = val["model"]["mse"]
+                writer.write(
+                    step,
+                    {
+                        "val_mse": val_mse,
+                        "val_mae": val["model"]["mae"],
+                        "val_ssim": val["model"]["ssim"],
+                        "val_psnr": val["model"]["psnr"],
+                        "epoch": epoch,
+                    },
+                )
+                logging.info(
+                    "epoch %d step %d: val MSE %.4f MAE %.4f SSIM %.5f",
+                    epoch,
+                    step,
+                    val_mse,
+                    val["model"]["mae"],
+                    val["model"]["ssim"],
+                )
+                save(step, {checkpoint.VAL_METRIC: float(val_mse)})
+            elif epoch_done or (
+                config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+            ):
+                save(step)
+    finally:
+        progress.close()
     if manager.latest_step() != step:
         save(step)
     train_seconds = time.time() - start_time
@@ -534,6 +607,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 m["ssim"],
                 m["psnr"],
             )
-    writer.close()
-    manager.close()
     return result
