@@ -4,11 +4,13 @@ A workdir's checkpoints live in `<workdir>/checkpoints/<step>/` with two items: 
 ({'params', 'batch_stats', 'opt_state', 'step'}) and `data` (the input iterator's JSON state).
 A weights-only checkpoint (from `stlight_jax.convert import`) holds just
 {'params', 'batch_stats'} under `state`. Restores go into an abstract target, so a checkpoint
-written on 8 devices restores on 1 and the other way round.
+written on 8 devices restores on 1 and the other way round. Each step also records SHA-256
+digests of the state, checked on restore, because Orbax itself does not detect garbled data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -17,12 +19,18 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable_checkpoints"  # beside CHECKPOINT_DIR: steps set aside on resume
 VAL_METRIC = "val_mse"
+DIGEST_KEY = "sha256"  # custom metadata: {top-level state key: digest}
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint restored without error but its arrays differ from what was saved."""
 
 
 class _DropNoMetricWarning(logging.Filter):
@@ -80,13 +88,61 @@ def create_manager(directory: str, keep_latest: int = 2, read_only: bool = False
     )
 
 
+def _host_copy(x: Any) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # Replicated over several processes: every process holds the whole value.
+        if not x.sharding.is_fully_replicated:
+            raise ValueError("checkpoint digests need replicated (or local) arrays")
+        x = x.addressable_data(0)
+    return np.asarray(x)
+
+
+def digests(state: Any) -> dict[str, str]:
+    """SHA-256 of each top-level entry of `state` (over paths, dtypes, shapes and bytes).
+
+    Orbax/TensorStore do not checksum array data: a checkpoint with garbled bytes inside a
+    compressed chunk can restore "successfully" with wrong values (seen here: weights off by
+    1e32). These digests, saved with each step, let a restore detect that.
+    """
+    groups = state.items() if isinstance(state, dict) else [("", state)]
+    out = {}
+    for name, tree in groups:
+        h = hashlib.sha256()
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            a = np.ascontiguousarray(_host_copy(leaf))
+            h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
+        out[name] = h.hexdigest()
+    return out
+
+
+def _verify(manager, step: int, state: Any) -> None:
+    """Raises CorruptCheckpointError when `state` does not match the digests saved at `step`."""
+    saved = (manager.metadata(step).custom_metadata or {}).get(DIGEST_KEY)
+    if not saved:
+        return  # written before digests existed (or by another tool): nothing to check
+    got = digests(state)
+    bad = sorted(k for k in got if k in saved and saved[k] != got[k])
+    if bad:
+        raise CorruptCheckpointError(
+            f"step {step}: restored {', '.join(bad)} do not match the saved SHA-256"
+        )
+
+
 def save(
     manager, step: int, state: Any, data_state: dict | None, metrics: dict[str, float] | None = None
 ) -> None:
-    """Saves the training state (a pytree) and the data-iterator state at `step`."""
+    """Saves the training state (a pytree) and the data-iterator state at `step`, with the
+    state's digests in the step's custom metadata."""
     items = {"state": ocp.args.StandardSave(state)}
     items["data"] = ocp.args.JsonSave(data_state or {})
-    manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    manager.save(
+        step,
+        args=ocp.args.Composite(**items),
+        metrics=metrics,
+        force=True,
+        custom_metadata={DIGEST_KEY: digests(state)},
+    )
     manager.wait_until_finished()
 
 
@@ -106,13 +162,15 @@ def best_step(manager) -> int | None:
 
 
 def restore(manager, step: int, target: Any) -> tuple[Any, dict]:
-    """Restores (state, data_state) at `step` into the abstract `target` pytree."""
+    """Restores (state, data_state) at `step` into the abstract `target` pytree; raises
+    CorruptCheckpointError when the arrays do not match the digests saved with them."""
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
         ),
     )
+    _verify(manager, step, restored["state"])
     return restored["state"], dict(restored["data"] or {})
 
 
@@ -216,6 +274,7 @@ def restore_weights(
             ),
         )
         state = restored["state"]
+        _verify(manager, chosen, state)
         return state["params"], state["batch_stats"], chosen
     finally:
         manager.close()
