@@ -14,6 +14,8 @@ trained output length rolls out autoregressively. Everything lives in
 `stlight_jax.evaluation.run`.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -73,7 +75,8 @@ def main(argv):
             ssim_data_range=FLAGS.ssim_data_range,
         )
     except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from e
+        # A bad option or input: the message says what was expected; no traceback or flag dump.
+        sys.exit(f"evaluate.py: error: {e}")
     if jax.process_index() == 0:
         if result["mode"] == "eval":
             print(evaluation.format_table(result))
