@@ -346,7 +346,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['config_name']} on {result['split']} ({result['num_samples']} sequences): "
         f"{result['data_source']}",
         f"checkpoint: {result['checkpoint']['path']} (step {result['checkpoint']['step']}); "
-        f"SSIM data_range {result['ssim_data_range']:g}",
+        f"SSIM data_range {result['ssim_data_range']:.1f}",
         f"{'predictor':<12}{'MSE':>10}{'MAE':>10}{'SSIM':>9}{'PSNR':>9}",
     ]
     for name in m:

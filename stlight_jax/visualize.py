@@ -18,9 +18,13 @@ BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 
 
-def auto_scale(image_size: tuple[int, int]) -> int:
-    """Integer upscale so a cell is at least ~64 px: 16x16 frames are unreadable at 1:1."""
-    return max(1, 64 // max(image_size))
+STRIP_MIN_CELL = 64  # px: 16x16 frames are unreadable at 1:1
+GIF_MIN_CELL = 128  # px: a GIF panel's header ('prediction t=15') must fit above one frame
+
+
+def auto_scale(image_size: tuple[int, int], min_cell: int = STRIP_MIN_CELL) -> int:
+    """Integer upscale so a displayed frame is about `min_cell` px or more on its long side."""
+    return max(1, min_cell // max(image_size))
 
 
 def cell_size(image_size: tuple[int, int], channels: int, scale: int) -> tuple[int, int]:
@@ -133,7 +137,7 @@ def save_gif(
     """
     frames0 = panels[0][1]
     image_size, channels = frames0.shape[1:3], frames0.shape[3]
-    scale = scale or auto_scale(image_size)
+    scale = scale or auto_scale(image_size, GIF_MIN_CELL)
     ch, cw = cell_size(image_size, channels, scale)
     width, height = gif_size(len(panels), image_size, channels, scale)
     font = _font()

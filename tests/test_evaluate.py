@@ -125,7 +125,8 @@ def test_cli_eval_writes_every_file(workdir, tmp_path):
             np.testing.assert_array_equal(got, np.kron(want, np.ones((scale, scale), np.uint8)))
     with Image.open(out / "sample_000.gif") as gif:
         assert gif.n_frames == FRAMES_IN + FRAMES_OUT
-        assert gif.size == visualize.gif_size(2, (SIZE, SIZE), 1, scale)
+        gif_scale = visualize.auto_scale((SIZE, SIZE), visualize.GIF_MIN_CELL)
+        assert gif.size == visualize.gif_size(2, (SIZE, SIZE), 1, gif_scale) == (2 * 130 + 2, 144)
     with Image.open(out / "metrics_vs_lead_time.png") as img:
         assert img.size[0] > 300 and img.size[1] > 200
 
@@ -163,7 +164,7 @@ def test_predict_npy_without_targets_and_rollout(loaded, workdir, tmp_path):
         assert img.size == visualize.strip_size(2 * FRAMES_OUT, 2, (SIZE, SIZE), 1, scale)
     with Image.open(out / "sequence_000.gif") as gif:
         assert gif.n_frames == FRAMES_IN + 2 * FRAMES_OUT
-        assert gif.size == visualize.gif_size(1, (SIZE, SIZE), 1, scale)
+        assert gif.size == visualize.gif_size(1, (SIZE, SIZE), 1, 4)
     assert not os.path.exists(out / "sequence_001.png")  # num_samples=1
 
 
