@@ -148,8 +148,9 @@ def make_predict_fn(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """numpy (N, frames_in, H, W, C) -> numpy (N, frames_out, H, W, C), in fixed-size batches.
 
-    The last batch is zero-padded to `batch_size` (default config.data.eval_batch_size) so one
-    compiled program serves every batch. Single-process only.
+    Batches hold `batch_size` sequences (default config.data.eval_batch_size, fewer for a
+    smaller input); the last one is zero-padded so one compiled program serves every batch.
+    Single-process only.
     """
     if jax.process_count() > 1:
         raise RuntimeError("prediction on user inputs runs in a single process")
@@ -165,12 +166,15 @@ def make_predict_fn(
     def predict_fn(x: np.ndarray) -> np.ndarray:
         cfg.check_input(x.shape)
         n = x.shape[0]
+        # A few sequences need not pay for a full eval batch; a rollout repeats the same n,
+        # so this still compiles once.
+        size = min(batch_size, math.ceil(n / mesh.size) * mesh.size)
         out = []
-        for start in range(0, n, batch_size):
-            chunk = np.asarray(x[start : start + batch_size], np.float32)
+        for start in range(0, n, size):
+            chunk = np.asarray(x[start : start + size], np.float32)
             k = chunk.shape[0]
-            if k < batch_size:
-                pad = np.zeros((batch_size - k, *chunk.shape[1:]), np.float32)
+            if k < size:
+                pad = np.zeros((size - k, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
             inputs = global_batch({"inputs": chunk}, mesh)["inputs"]
             out.append(np.asarray(forward(params, batch_stats, inputs))[:k])

@@ -133,8 +133,9 @@ def test_cli_eval_writes_every_file(workdir, tmp_path):
 
 def test_predict_npy_without_targets_and_rollout(loaded, workdir, tmp_path):
     rng = np.random.default_rng(0)
-    # (N, T, H, W) uint8: the 1-channel form, scaled by 1/255.
-    frames = rng.integers(0, 256, (3, FRAMES_IN, SIZE, SIZE), dtype=np.uint8)
+    # (N, T, H, W) uint8: the 1-channel form, scaled by 1/255. 10 sequences in batches of
+    # eval_batch_size=8: the second batch is zero-padded.
+    frames = rng.integers(0, 256, (10, FRAMES_IN, SIZE, SIZE), dtype=np.uint8)
     np.save(tmp_path / "frames.npy", frames)
     out = tmp_path / "pred"
     res = evaluation.run(
@@ -146,7 +147,7 @@ def test_predict_npy_without_targets_and_rollout(loaded, workdir, tmp_path):
         num_samples=1,
     )
     pred = np.load(out / "predictions.npy")
-    assert pred.shape == (3, 2 * FRAMES_OUT, SIZE, SIZE, 1)
+    assert pred.shape == (10, 2 * FRAMES_OUT, SIZE, SIZE, 1)
     meta = _strict_load(out / "predictions.json")
     assert meta["autoregressive"] is True and meta["forward_passes"] == 2
     assert meta["horizon"] == 2 * FRAMES_OUT and "autoregressive" in meta["rollout"]
