@@ -10,10 +10,12 @@ digests of the state, checked on restore, because Orbax itself does not detect g
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -195,11 +197,23 @@ def restore_latest_readable(
                 f"({type(e).__name__}: {msg}); trying the previous one"
             )
             unreadable.append(step)
-            continue
-        _set_aside(manager, unreadable, log)
-        return step, state, data_state
+        else:
+            _set_aside(manager, unreadable, log)
+            return step, state, data_state
+        _drop_failed_reads()
     _set_aside(manager, unreadable, log)
     return None
+
+
+def _drop_failed_reads() -> None:
+    """Collects the read coroutines a failed Orbax restore leaves behind; each would otherwise
+    print its TensorStore spec (pages of it) as an "Exception ignored" when collected."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 def _set_aside(manager, steps: list[int], log: Callable[[str], None]) -> None:

@@ -257,6 +257,10 @@ class _Progress:
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
+    def restart_clock(self, step: int) -> None:
+        """Measures rates from here: the first step includes compilation and would skew them."""
+        self._t0, self._s0 = time.time(), step
+
     def update(self, step: int, loss: float | None) -> None:
         elapsed = max(time.time() - self._t0, 1e-9)
         rate = (step - self._s0) / elapsed
@@ -513,6 +517,7 @@ def _loop(
                 jax.block_until_ready(step_metrics["loss"])
                 logging.info("first step (compile + run) took %.1f s", time.time() - start_time)
                 compile_logged = True
+                progress.restart_clock(step)
             pending.append((step, step_metrics))
             if step % log_every == 0 or step == total_steps:
                 progress.update(step, flush_pending())

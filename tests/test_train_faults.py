@@ -1,0 +1,152 @@
+"""Faults in training: non-finite loss, corrupted checkpoints, SIGTERM through train.py."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from stlight_jax import checkpoint, data, train
+from tests import tiny_config
+from tests.test_train import abstract_state, read_jsonl, run_cli, train_steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def config(tmp_path):
+    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(config, tmp_path, monkeypatch):
+    workdir = str(tmp_path / "run")
+    config.checkpoint_every_steps = 1
+    make_iter = data.create_train_iterator
+
+    class NaNAtThirdBatch:
+        def __init__(self, it):
+            self.it, self.n = it, 0
+
+        def __next__(self):
+            batch = next(self.it)
+            self.n += 1
+            if self.n == 3:
+                batch = {**batch, "inputs": batch["inputs"].copy()}
+                batch["inputs"][0, 0, 0, 0, 0] = np.nan
+            return batch
+
+        def get_state(self):
+            return self.it.get_state()
+
+        def set_state(self, s):
+            self.it.set_state(s)
+
+    monkeypatch.setattr(
+        data, "create_train_iterator", lambda *a, **k: NaNAtThirdBatch(make_iter(*a, **k))
+    )
+    with pytest.raises(train.NonFiniteLossError, match=r"at step 3;.* is step 2 "):
+        train.train_and_evaluate(config, workdir)
+
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir))
+    assert manager.latest_step() == 2
+    step, state, _ = checkpoint.restore_latest_readable(manager, abstract_state(config))
+    manager.close()
+    assert step == 2 and int(state["step"]) == 2
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+
+
+def test_huge_learning_rate_is_caught(config, tmp_path):
+    config.optimizer.learning_rate = 1e30
+    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_corrupted_latest_checkpoint_is_skipped(config, tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+    ckpt = checkpoint.checkpoint_dir(workdir)
+    # Garble bytes inside the biggest data file of the newest step: Orbax reads it back
+    # without error (no checksums), so only the saved digests can tell.
+    chunks = glob.glob(os.path.join(ckpt, "8", "state", "ocdbt.process_0", "d", "*"))
+    biggest = max(chunks, key=os.path.getsize)
+    with open(biggest, "r+b") as f:
+        f.seek(100)
+        f.write(bytes(200))
+
+    with caplog.at_level(logging.WARNING):
+        train.train_and_evaluate(config, workdir)
+    assert "checkpoint at step 8" in caplog.text and "unreadable" in caplog.text
+    records = read_jsonl(workdir)
+    assert {"step": 4, "resumed_from_step": 4} in records
+    assert train_steps(records)[-4:] == [5, 6, 7, 8]  # steps 5-8 trained again, step 8 saved
+    assert len(glob.glob(os.path.join(workdir, checkpoint.UNREADABLE_DIR, "8.*"))) == 1
+
+    # Now truncate a file of the new step 8: the restore itself fails.
+    chunks = glob.glob(os.path.join(ckpt, "8", "state", "ocdbt.process_0", "d", "*"))
+    biggest = max(chunks, key=os.path.getsize)
+    os.truncate(biggest, os.path.getsize(biggest) // 2)
+    manager = checkpoint.create_manager(ckpt)
+    warnings = []
+    step, state, data_state = checkpoint.restore_latest_readable(
+        manager, abstract_state(config), log=warnings.append
+    )
+    manager.close()
+    assert step == 4 and int(state["step"]) == 4 and data_state
+    assert "step 8" in warnings[0]
+
+
+def test_cli_sigterm_saves_exits_cleanly_and_rerun_completes(config, tmp_path):
+    workdir = str(tmp_path / "run")
+    args = [
+        f"--config=tests/tiny_config.py:{config.data.path}",
+        f"--workdir={workdir}",
+        "--config.optimizer.learning_rate=1e-3",
+        "--config.num_epochs=30",  # 120 steps: seconds, so the signal lands mid-training
+        "--config.eval_every_epochs=15",
+        "--config.log_every_steps=1",  # metrics.jsonl shows the first step at once
+    ]
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    log = open(tmp_path / "log1.txt", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.time() + 60
+        metrics = os.path.join(workdir, "metrics.jsonl")
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(metrics) and train_steps(read_jsonl(workdir)):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before the signal"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log.seek(0)
+    text = log.read()
+    assert rc == 0, text[-3000:]
+    assert "signal 15 received: saved step" in text
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+    stopped = manager.latest_step()
+    manager.close()
+    assert 0 < stopped < 120
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["optimizer"]["learning_rate"] == 1e-3  # the override took effect
+    assert not os.path.exists(os.path.join(workdir, "test_metrics.json"))
+
+    proc = run_cli(args, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_jsonl(workdir)
+    assert {"step": stopped, "resumed_from_step": stopped} in records
+    assert train_steps(records)[-1] == 120
+    assert os.path.exists(os.path.join(workdir, "test_metrics.json"))
