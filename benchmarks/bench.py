@@ -1,0 +1,450 @@
+"""Times stlight-jax against the PyTorch reference in one process: forward, train step, compile.
+
+Run `python benchmarks/bench.py --help`; see benchmarks/README.md for the table it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SIZES = {"S": 1000, "L": 1400, "XS": 800, "M": 1200}
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: process peak RSS per phase (CPU) and allocator peaks (GPU).
+
+
+def _reset_peak_rss() -> bool:
+    """Resets VmHWM (Linux >= 4.0), so the next reading is the peak of the coming phase."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing.
+
+
+@dataclasses.dataclass
+class Case:
+    """One timed callable: `run()` does one blocking step, `compile_s` its first-call cost."""
+
+    name: str
+    run: Callable[[], Any]
+    batch: int
+    compile_s: float | None = None
+    times: list[float] = dataclasses.field(default_factory=list)
+    peak_mb: float | None = None
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"name": self.name, "error": self.error}
+        med = statistics.median(self.times)
+        return {
+            "name": self.name,
+            "median_s": med,
+            "min_s": min(self.times),
+            "max_s": max(self.times),
+            "times_s": self.times,
+            "samples_per_s": self.batch / med,
+            "compile_s": self.compile_s,
+            "peak_mem_mb": self.peak_mb,
+        }
+
+
+def _first_call(case: Case, device_peak: Callable[[], float | None]) -> None:
+    gc.collect()
+    _reset_peak_rss()
+    t = time.perf_counter()
+    try:
+        case.run()
+    except Exception as e:  # reported as n/a in the table, with the reason
+        case.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return
+    case.compile_s = time.perf_counter() - t
+
+
+def _time_interleaved(cases: list[Case], warmup: int, repeats: int) -> None:
+    """Warm-up, then `repeats` rounds that run every case once each, so load drifts on the
+    shared machine hit all cases alike; the table reports medians."""
+    live = [c for c in cases if c.error is None]
+    for _ in range(warmup):
+        for c in live:
+            c.run()
+    for c in live:
+        c.peak_mb = None
+    for _ in range(repeats):
+        for c in live:
+            gc.collect()
+            t = time.perf_counter()
+            c.run()
+            c.times.append(time.perf_counter() - t)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch side.
+
+
+def torch_cases(cfg, args, x: np.ndarray, y: np.ndarray, backend: str) -> tuple[list[Case], dict]:
+    import torch
+
+    from stlight_jax.reference import reference_from_config
+
+    info: dict[str, Any] = {"torch": torch.__version__}
+    dev = torch.device("cuda" if backend == "gpu" and torch.cuda.is_available() else "cpu")
+    if dev.type == "cpu":
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        info["torch_threads"] = torch.get_num_threads()
+    else:
+        tf32 = args.precision == "float32" and args.matmul_precision != "highest"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        info["torch_tf32"] = tf32
+    torch.manual_seed(0)
+    # (B, T, H, W, C) -> the reference's (B, T, C, H, W)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3))).to(dev)
+    yt = torch.from_numpy(np.ascontiguousarray(y.transpose(0, 1, 4, 2, 3))).to(dev)
+    bf16 = args.precision == "bf16"
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def make(model, label: str) -> list[Case]:
+        opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+
+        def fwd():
+            model.eval()
+            with torch.inference_mode(), autocast:
+                model(xt)
+            sync()
+
+        def step():
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                loss = torch.mean(torch.square(model(xt).float() - yt))
+            loss.backward()
+            opt.step()
+            sync()
+
+        b = x.shape[0]
+        return [Case(f"{label} forward", fwd, b), Case(f"{label} train step", step, b)]
+
+    eager = reference_from_config(cfg).to(dev)
+    cases = make(eager, "torch eager")
+    want_compile = args.torch_compile
+    if want_compile == "auto":
+        import shutil
+
+        want_compile = "on" if (dev.type == "cuda" or shutil.which("g++")) else "off"
+    if want_compile == "on":
+        compiled_model = reference_from_config(cfg).to(dev)
+        compiled_model.load_state_dict(eager.state_dict())
+        try:
+            compiled = torch.compile(compiled_model)
+            cases += make(compiled, "torch.compile")
+        except Exception as e:
+            info["torch_compile"] = f"n/a: {type(e).__name__}: {e}"
+    else:
+        info["torch_compile"] = "n/a: disabled (--torch-compile off, or no C++ compiler on CPU)"
+    return cases, info
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX side.
+
+
+def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from stlight_jax import ops
+    from stlight_jax.models import create_model
+
+    if args.matmul_precision == "highest":
+        jax.config.update("jax_default_matmul_precision", "highest")
+    compute = "bfloat16" if args.precision == "bf16" else "float32"
+    model = create_model(cfg, seed=0, dtype=compute)
+    tx = optax.adam(args.lr)
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    info = {
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+        "jax_backend": jax.default_backend(),
+        "jax_device": str(jax.devices()[0].device_kind),
+        "conv_impl": ops.resolve_conv_impl(cfg.conv_impl),
+        "jax_matmul_precision": args.matmul_precision,
+    }
+    try:
+        import flax
+
+        info["flax"] = flax.__version__
+    except Exception:
+        pass
+
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    # The train step donates its state; the forward keeps its own copy of the weights.
+    fwd_params, fwd_stats = jax.tree.map(jnp.copy, (params, batch_stats))
+
+    @jax.jit
+    def forward(params, batch_stats, inputs):
+        m = nnx.merge(graphdef, params, batch_stats, copy=True)
+        return m(inputs, use_running_average=True)
+
+    step_fn = None
+    try:  # prefer the project's own step when it exists (stlight_jax/train.py)
+        from stlight_jax import train as train_lib
+
+        _, state = train_lib.split_model(model, tx)
+        step = train_lib.make_train_step(graphdef, tx, lambda s: args.lr)
+        jitted = train_lib.jit_train_step(step, train_lib.create_mesh(jax.devices()[:1]))
+        batch = {"inputs": xj, "targets": yj}
+        holder = {"state": state}
+
+        def step_fn():
+            holder["state"], out = jitted(holder["state"], batch)
+            out["loss"].block_until_ready()
+
+        info["train_step"] = "stlight_jax.train.make_train_step"
+    except (ImportError, AttributeError):
+        step_fn = None
+
+    if step_fn is None:
+
+        def loss_fn(p, bs, inputs, targets):
+            m = nnx.merge(graphdef, p, bs, copy=True)
+            pred = m(inputs, use_running_average=False).astype(jnp.float32)
+            return jnp.mean(jnp.square(pred - targets)), nnx.state(m, nnx.BatchStat)
+
+        @jax.jit
+        def pure_step(params, batch_stats, opt_state, inputs, targets):
+            (loss, bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, batch_stats, inputs, targets
+            )
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), bs, opt_state, loss
+
+        donated = jax.jit(pure_step, donate_argnums=(0, 1, 2))
+        holder = {"s": (params, batch_stats, tx.init(params))}
+
+        def step_fn():
+            *s, loss = donated(*holder["s"], xj, yj)
+            holder["s"] = tuple(s)
+            loss.block_until_ready()
+
+        info["train_step"] = "benchmarks/bench.py pure_step"
+
+    def fwd_fn():
+        forward(fwd_params, fwd_stats, xj).block_until_ready()
+
+    b = x.shape[0]
+    return [
+        Case("stlight-jax forward", fwd_fn, b),
+        Case("stlight-jax train step", step_fn, b),
+    ], info
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--size", default="S", choices=sorted(SIZES), help="MMNIST size (dim)")
+    p.add_argument("--dim", type=int, help="override dim")
+    p.add_argument("--depth", type=int, default=16)
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="CPU: 4 16; GPU: 16")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--precision", default="float32", choices=["float32", "bf16"])
+    p.add_argument(
+        "--matmul-precision",
+        default="default",
+        choices=["default", "highest"],
+        help="GPU: 'default' lets both sides use TF32 for float32; 'highest' disables it",
+    )
+    p.add_argument("--conv-impl", default="auto", choices=["auto", "lax", "shifted"])
+    p.add_argument("--torch-compile", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-jax", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--malloc",
+        default="tuned",
+        choices=["tuned", "default"],
+        help="CPU: 'tuned' calls ops.tune_cpu_malloc() (see README 'What it cost')",
+    )
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
+    p.add_argument("--no-json", action="store_true")
+    args = p.parse_args(argv)
+
+    from stlight_jax import ops
+
+    malloc_tuned = args.malloc == "tuned" and ops.tune_cpu_malloc()
+
+    import jax
+
+    from stlight_jax.models import ModelConfig
+
+    backend = jax.default_backend()
+    batches = args.batch or ([4, 16] if backend == "cpu" else [16])
+    cfg = ModelConfig(
+        frames_in=10,
+        frames_out=10,
+        channels=1,
+        image_size=(64, 64),
+        dim=args.dim or SIZES[args.size],
+        depth=args.depth,
+        patch=2,
+        overlap=0,
+        k1=3,
+        k2=7,
+        dilation=3,
+        conv_impl=args.conv_impl,
+    )
+    result: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "hostname": socket.gethostname(),
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "backend": backend,
+            "device": str(jax.devices()[0].device_kind),
+            "loadavg_start": os.getloadavg(),
+        },
+        "python": platform.python_version(),
+        "config": dataclasses.asdict(cfg),
+        "precision": args.precision,
+        "malloc_tuned": malloc_tuned,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "runs": [],
+    }
+    rows = []
+    for b in batches:
+        rng = np.random.default_rng(b)
+        x = rng.random((b, 10, 64, 64, 1), dtype=np.float32)
+        y = rng.random((b, 10, 64, 64, 1), dtype=np.float32)
+        cases: list[Case] = []
+        if not args.no_torch:
+            tc, tinfo = torch_cases(cfg, args, x, y, backend)
+            cases += tc
+            result.setdefault("versions", {}).update({k: v for k, v in tinfo.items()})
+        if not args.no_jax:
+            jc, jinfo = jax_cases(cfg, args, x, y)
+            cases += jc
+            result.setdefault("versions", {}).update(jinfo)
+        for c in cases:
+            _first_call(c, lambda: None)
+            c.peak_mb = _peak_rss_mb()
+            print(f"  first call {c.name:26s} {c.compile_s or float('nan'):8.2f} s", flush=True)
+        peaks = {c.name: c.peak_mb for c in cases}
+        _time_interleaved(cases, args.warmup, args.repeats)
+        for c in cases:
+            c.peak_mb = peaks[c.name]
+        summaries = {c.name: c.summary() for c in cases}
+        result["runs"].append({"batch": b, "cases": summaries})
+        rows.append((b, summaries))
+        del cases
+        gc.collect()
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    print(format_table(rows, result))
+    if not args.no_json:
+        out = Path(args.out) if args.out else _default_out(result)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(f"wrote {out}")
+    return result
+
+
+def _default_out(result: dict) -> Path:
+    date = result["date"][:10]
+    machine = result["machine"]
+    kind = machine["backend"] if machine["backend"] != "cpu" else f"cpu{machine['cpu_count']}"
+    name = f"{socket.gethostname().split('.')[0]}-{kind}-{date}.json"
+    return ROOT / "benchmarks" / "results" / name
+
+
+def format_table(rows: list[tuple[int, dict]], result: dict) -> str:
+    lines = [
+        f"dim={result['config']['dim']} depth={result['config']['depth']} "
+        f"precision={result['precision']} backend={result['machine']['backend']} "
+        f"({result['machine']['cpu']}, {result['machine']['cpu_count']} cores)",
+        f"{'batch':>5} {'case':28s} {'median ms':>10} {'samples/s':>10} {'compile s':>10} "
+        f"{'peak RSS MB':>12} {'JAX speedup':>12}",
+    ]
+    for b, s in rows:
+        for kind in ("forward", "train step"):
+            jax_case = s.get(f"stlight-jax {kind}")
+            for name in (f"torch eager {kind}", f"torch.compile {kind}", f"stlight-jax {kind}"):
+                c = s.get(name)
+                if c is None:
+                    continue
+                if "error" in c:
+                    lines.append(f"{b:5d} {name:28s} n/a: {c['error']}")
+                    continue
+                ratio = ""
+                if jax_case and "median_s" in jax_case and not name.startswith("stlight"):
+                    ratio = f"{c['median_s'] / jax_case['median_s']:.2f}x"
+                comp = f"{c['compile_s']:.2f}" if c.get("compile_s") is not None else "-"
+                peak = f"{c['peak_mem_mb']:.0f}" if c.get("peak_mem_mb") else "-"
+                lines.append(
+                    f"{b:5d} {name:28s} {c['median_s'] * 1e3:10.1f} {c['samples_per_s']:10.2f} "
+                    f"{comp:>10} {peak:>12} {ratio:>12}"
+                )
+    lines.append("JAX speedup = PyTorch median time / stlight-jax median time (>1: JAX faster).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
