@@ -320,6 +320,18 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+def resolved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy with every path field made absolute, so the saved config.json works from any
+    working directory (evaluate.py, export)."""
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    for field in ("data_dir", "path", "test_file", "mnist_path", "tfds_dir"):
+        if resolved.data.get(field):
+            resolved.data[field] = os.path.abspath(resolved.data[field])
+    if resolved.get("init_from"):
+        resolved.init_from = os.path.abspath(resolved.init_from)
+    return resolved
+
+
 # ---------------------------------------------------------------------------------------------
 # Start points.
 
@@ -383,7 +395,7 @@ def _train_and_evaluate(
     logging.info("STLight %s: %s", config.name, size.summary())
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+            f.write(resolved_config(config).to_json_best_effort(indent=2))
 
     steps_per_epoch = data.steps_per_epoch(config)
     total_steps = steps_per_epoch * config.num_epochs

@@ -53,7 +53,10 @@ def test_end_to_end_writes_everything_and_resumes(config, tmp_path):
     assert [r["step"] for r in records if "val_mse" in r] == [4, 8]
 
     with open(os.path.join(workdir, "config.json")) as f:
-        assert json.load(f)["num_epochs"] == 2
+        saved = json.load(f)
+    assert saved["num_epochs"] == 2
+    # Paths are saved absolute so evaluate.py works from any working directory.
+    assert os.path.isabs(saved["data"]["data_dir"]) and os.path.isabs(saved["data"]["path"])
     with open(os.path.join(workdir, "test_metrics.json")) as f:
         test = json.load(f)
     for name in ("model", "zeros", "last_frame"):
