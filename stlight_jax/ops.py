@@ -18,6 +18,8 @@ from jax import lax
 
 BN_EPS = 1e-5  # PyTorch BatchNorm2d default
 BN_MOMENTUM = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
+_SQRT_HALF = math.sqrt(0.5)  # Python floats: weakly typed, so bf16 stays bf16
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def torch_same_padding(kernel_size: int, dilation: int = 1) -> tuple[int, int]:
@@ -26,13 +28,33 @@ def torch_same_padding(kernel_size: int, dilation: int = 1) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _gelu_impl(x: jax.Array) -> jax.Array:
+    return x * 0.5 * (1.0 + lax.erf(x * _SQRT_HALF))
+
+
+@jax.custom_vjp
 def gelu(x: jax.Array) -> jax.Array:
     """PyTorch nn.GELU(): the exact erf form, x * 0.5 * (1 + erf(x / sqrt(2))).
 
     Written out rather than `jax.nn.gelu(approximate=False)`, whose erfc form is ~3x slower
-    on XLA:CPU; this is also the formula PyTorch's kernel evaluates.
+    on XLA:CPU; this is also the formula PyTorch's kernel evaluates. The custom VJP saves only
+    x (autodiff saved two derivative factors, and XLA recomputed the producing depthwise conv
+    into each of those stores) and applies PyTorch's gelu_backward: g * (cdf + x * pdf).
     """
-    return x * 0.5 * (1.0 + lax.erf(x * math.sqrt(0.5)))  # Python floats keep x's dtype
+    return _gelu_impl(x)
+
+
+def _gelu_fwd(x):
+    return _gelu_impl(x), x
+
+
+def _gelu_bwd(x, g):
+    cdf = 0.5 * (1.0 + lax.erf(x * _SQRT_HALF))
+    pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    return (g * (cdf + x * pdf),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 def depthwise_conv_lax(x: jax.Array, kernel: jax.Array, dilation: int = 1) -> jax.Array:
@@ -75,7 +97,10 @@ def _depthwise_shifted_fwd_impl(x: jax.Array, kernel: jax.Array, dilation: int) 
     for i, j, tap in _shifted_taps(xp, k, dilation, h, w):
         term = tap * kernel[i, j]
         out = term if out is None else out + term
-    return out
+    # XLA treats the k*k multiply-adds as cheap elementwise work and duplicates them into every
+    # consumer: in a train step the conv output feeds GELU, the residual the scan saves and
+    # the backward, so it was computed 4 times. The barrier makes it a materialised buffer.
+    return lax.optimization_barrier(out)
 
 
 def _depthwise_shifted_input_grad(g: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
@@ -90,7 +115,7 @@ def _depthwise_shifted_input_grad(g: jax.Array, kernel: jax.Array, dilation: int
     for i, j, tap in _shifted_taps(gp, k, dilation, h, w):
         term = tap * flipped[i, j]
         out = term if out is None else out + term
-    return out
+    return lax.optimization_barrier(out)  # feeds two consumers; see the forward
 
 
 def _depthwise_shifted_kernel_grad(x: jax.Array, g: jax.Array, k: int, dilation: int) -> jax.Array:
@@ -121,8 +146,23 @@ def _depthwise_shifted(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Ar
     return _depthwise_shifted_fwd_impl(x, kernel, dilation)
 
 
+def _materialized(fn, *args):
+    """fn(*args) as a buffer XLA:CPU cannot fuse into (and so recompute in) each consumer.
+
+    XLA:CPU strips `optimization_barrier` before fusion; a conditional is a real boundary.
+    Both branches are fn, so the (opaque, always true) predicate cannot change the result.
+    """
+    probe = args[-1].reshape(-1)[0]
+    return lax.cond(probe == probe, fn, fn, *args)
+
+
 def _depthwise_shifted_fwd(x, kernel, dilation):
-    return _depthwise_shifted_fwd_impl(x, kernel, dilation), (x, kernel)
+    # In a train step the output feeds GELU and the residual the scan saves for the backward;
+    # XLA duplicated the 49-tap sum into both.
+    out = _materialized(
+        functools.partial(_depthwise_shifted_fwd_impl, dilation=dilation), x, kernel
+    )
+    return out, (x, kernel)
 
 
 def _depthwise_shifted_bwd(dilation, res, g):
