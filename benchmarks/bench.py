@@ -395,10 +395,12 @@ def main(argv: list[str] | None = None) -> dict:
         summaries = {c.name: c.summary() for c in cases}
         result["runs"].append({"batch": b, "cases": summaries})
         rows.append((b, summaries))
+        print(format_table([(b, summaries)], result), flush=True)
         del cases
         gc.collect()
     result["machine"]["loadavg_end"] = os.getloadavg()
-    print(format_table(rows, result))
+    if len(rows) > 1:
+        print(format_table(rows, result))
     if not args.no_json:
         out = Path(args.out) if args.out else _default_out(result)
         out.parent.mkdir(parents=True, exist_ok=True)

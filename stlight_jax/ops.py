@@ -36,8 +36,8 @@ def _gelu_impl(x: jax.Array) -> jax.Array:
 def gelu(x: jax.Array) -> jax.Array:
     """PyTorch nn.GELU(): the exact erf form, x * 0.5 * (1 + erf(x / sqrt(2))).
 
-    Written out rather than `jax.nn.gelu(approximate=False)`, whose erfc form is ~3x slower
-    on XLA:CPU; this is also the formula PyTorch's kernel evaluates. The custom VJP saves only
+    Written out rather than `jax.nn.gelu(approximate=False)` (an erfc form): this is the
+    formula PyTorch's kernel evaluates. The custom VJP saves only
     x (autodiff saved two derivative factors, and XLA recomputed the producing depthwise conv
     into each of those stores) and applies PyTorch's gelu_backward: g * (cdf + x * pdf).
     """
@@ -97,10 +97,7 @@ def _depthwise_shifted_fwd_impl(x: jax.Array, kernel: jax.Array, dilation: int) 
     for i, j, tap in _shifted_taps(xp, k, dilation, h, w):
         term = tap * kernel[i, j]
         out = term if out is None else out + term
-    # XLA treats the k*k multiply-adds as cheap elementwise work and duplicates them into every
-    # consumer: in a train step the conv output feeds GELU, the residual the scan saves and
-    # the backward, so it was computed 4 times. The barrier makes it a materialised buffer.
-    return lax.optimization_barrier(out)
+    return out
 
 
 def _depthwise_shifted_input_grad(g: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
@@ -115,7 +112,7 @@ def _depthwise_shifted_input_grad(g: jax.Array, kernel: jax.Array, dilation: int
     for i, j, tap in _shifted_taps(gp, k, dilation, h, w):
         term = tap * flipped[i, j]
         out = term if out is None else out + term
-    return lax.optimization_barrier(out)  # feeds two consumers; see the forward
+    return out
 
 
 def _depthwise_shifted_kernel_grad(x: jax.Array, g: jax.Array, k: int, dilation: int) -> jax.Array:
