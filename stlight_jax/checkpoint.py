@@ -284,7 +284,8 @@ def restore_weights(
                     item=target,
                     restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                     partial_restore=True,
-                )
+                ),
+                data=ocp.args.JsonRestore(),  # named so Orbax does not warn it was skipped
             ),
         )
         state = restored["state"]

@@ -187,11 +187,19 @@ def evaluate_split(
 
 
 def quiet_library_logs() -> None:
-    """Drops Orbax's per-save INFO chatter from the absl log; warnings and errors still show."""
+    """Drops Orbax's per-save INFO chatter and its notes on read-only managers (which
+    evaluation opens on purpose) from the absl log; other warnings and errors still show."""
+    benign = ("read_only=True", "is read only", "Given directory is read only")
 
     class _Filter(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+            if "/orbax/" not in record.pathname:
+                return True
+            if record.levelno >= logging.ERROR:
+                return True
+            return record.levelno >= logging.WARNING and not any(
+                b in str(record.msg) for b in benign
+            )
 
     for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
         handler.addFilter(_Filter())
