@@ -10,9 +10,9 @@ OneCycle (final_div 1e4, beta1 cycled), batch 16, 200 epochs of 10,000 fresh seq
 mnist_test_seq.npy): XS 24.48, S 23.29, M 22.21, L 21.80 (L: MAE 66.92, SSIM 0.9515).
 
 `:cpu` is a small model (dim 64, depth 4, patch 2; lr 1e-2, 10 epochs of 2,000 sequences)
-sized for a 2-core CPU, where it trains and evaluates in about 10 minutes and learns: its
-test MSE ends well below both baselines the run reports next to it ("predict zeros" and
-"repeat the last input frame"). The README records the figures of a run.
+sized for a 2-core CPU, where training and testing took 3 min 51 s (evaluate.py 40 s more)
+and it learns: test MSE 116.1 against 174.0 for "predict zeros" and 285.4 for "repeat the
+last input frame", both reported next to it by the run (README, Results).
 """
 
 from __future__ import annotations
