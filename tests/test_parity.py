@@ -150,7 +150,7 @@ def test_gradients_match(name, impl):
         return jnp.mean((m(jnp.asarray(x)) - jnp.asarray(y)) ** 2)
 
     loss_j, grads = nnx.value_and_grad(loss_fn)(model)
-    np.testing.assert_allclose(float(loss_j), float(loss_t), rtol=1e-5)
+    np.testing.assert_allclose(float(loss_j), loss_t.item(), rtol=1e-5)
     stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
     got = convert.variables_to_state_dict(nnx.to_pure_dict(grads), stats, model.config)
     assert set(want) <= set(got)
