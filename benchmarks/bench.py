@@ -98,7 +98,7 @@ class Case:
         }
 
 
-def _first_call(case: Case, device_peak: Callable[[], float | None]) -> None:
+def _first_call(case: Case) -> None:
     gc.collect()
     _reset_peak_rss()
     t = time.perf_counter()
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
             cases += jc
             result.setdefault("versions", {}).update(jinfo)
         for c in cases:
-            _first_call(c, lambda: None)
+            _first_call(c)
             c.peak_mb = _peak_rss_mb()
             print(f"  first call {c.name:26s} {c.compile_s or float('nan'):8.2f} s", flush=True)
         peaks = {c.name: c.peak_mb for c in cases}

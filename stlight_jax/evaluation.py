@@ -34,7 +34,6 @@ from stlight_jax.train import (
 )
 
 PREDICTORS = ("model", "last_frame", "zeros")
-METRIC_NAMES = ("mse", "mae", "ssim", "psnr")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 NON_FINITE_NOTE = (
     "strict JSON: a non-finite number (the PSNR of an exactly predicted frame, which OpenSTL "

@@ -59,10 +59,6 @@ class ModelConfig:
     def encoder_padding(self) -> int:
         return max(0, self.overlap - 1) * self.patch // 2
 
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        return self.image_size[0] // self.patch, self.image_size[1] // self.patch
-
     def validate(self) -> None:
         """Raises ValueError naming the field and the numbers of the first invalid setting."""
         for name in ("frames_in", "frames_out", "channels", "dim", "depth", "patch", "k1", "k2"):

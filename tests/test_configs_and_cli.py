@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -106,4 +105,3 @@ def test_convert_cli_round_trip(tmp_path):
     )
     assert r.returncode != 0
     assert "wrongly shaped" in r.stderr and "patch_encoder.0.weight" in r.stderr
-    json.loads(cfg_path.read_text())
