@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SIZES = {"S": 1000, "L": 1400, "XS": 800, "M": 1200}
+PAPER_STEPS = 125_000  # 200 epochs x 625 steps of 16 on Moving MNIST's 10,000 sequences
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,12 +82,21 @@ class Case:
     times: list[float] = dataclasses.field(default_factory=list)
     peak_mb: float | None = None
     error: str | None = None
+    # GPU: allocator peak of this case's first call (torch: reset before it; JAX cannot reset,
+    # so its figure is the process's peak so far). Both: None on CPU.
+    reset_device_peak: Callable[[], None] | None = None
+    read_device_peak_mb: Callable[[], float | None] | None = None
+    device_peak_mb: float | None = None
+    # JAX: XLA's own accounting of the compiled executable (arguments + outputs + temps),
+    # probed after timing: an AOT compile before the first call could pre-empt its compile.
+    xla_memory_probe: Callable[[], float | None] | None = None
+    xla_memory_mb: float | None = None
 
     def summary(self) -> dict[str, Any]:
         if self.error is not None:
             return {"name": self.name, "error": self.error}
         med = statistics.median(self.times)
-        return {
+        out = {
             "name": self.name,
             "median_s": med,
             "min_s": min(self.times),
@@ -95,12 +105,19 @@ class Case:
             "samples_per_s": self.batch / med,
             "compile_s": self.compile_s,
             "peak_mem_mb": self.peak_mb,
+            "device_peak_mb": self.device_peak_mb,
+            "xla_memory_mb": self.xla_memory_mb,
         }
+        if self.name.endswith("train step") and self.batch == 16:  # the paper's batch
+            out["paper_schedule_h"] = med * PAPER_STEPS / 3600
+        return out
 
 
 def _first_call(case: Case) -> None:
     gc.collect()
     _reset_peak_rss()
+    if case.reset_device_peak:
+        case.reset_device_peak()
     t = time.perf_counter()
     try:
         case.run()
@@ -108,6 +125,8 @@ def _first_call(case: Case) -> None:
         case.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         return
     case.compile_s = time.perf_counter() - t
+    if case.read_device_peak_mb:
+        case.device_peak_mb = case.read_device_peak_mb()
 
 
 def _time_interleaved(cases: list[Case], warmup: int, repeats: int) -> None:
@@ -176,7 +195,16 @@ def torch_cases(cfg, args, x: np.ndarray, y: np.ndarray, backend: str) -> tuple[
             sync()
 
         b = x.shape[0]
-        return [Case(f"{label} forward", fwd, b), Case(f"{label} train step", step, b)]
+        peaks = {}
+        if dev.type == "cuda":
+            peaks = {
+                "reset_device_peak": torch.cuda.reset_peak_memory_stats,
+                "read_device_peak_mb": lambda: torch.cuda.max_memory_allocated() / 2**20,
+            }
+        return [
+            Case(f"{label} forward", fwd, b, **peaks),
+            Case(f"{label} train step", step, b, **peaks),
+        ]
 
     eager = reference_from_config(cfg).to(dev)
     cases = make(eager, "torch eager")
@@ -288,10 +316,41 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
         forward(fwd_params, fwd_stats, xj).block_until_ready()
 
     b = x.shape[0]
-    return [
-        Case("stlight-jax forward", fwd_fn, b),
-        Case("stlight-jax train step", step_fn, b),
-    ], info
+    peaks = {}
+    if jax.default_backend() != "cpu":
+        peaks["read_device_peak_mb"] = lambda: _jax_device_peak_mb(jax.devices()[0])
+    cases = [
+        Case("stlight-jax forward", fwd_fn, b, **peaks),
+        Case("stlight-jax train step", step_fn, b, **peaks),
+    ]
+    cases[0].xla_memory_probe = lambda: _xla_memory_mb(forward, fwd_params, fwd_stats, xj)
+    if info["train_step"].startswith("stlight_jax"):
+        cases[1].xla_memory_probe = lambda: _xla_memory_mb(jitted, holder["state"], batch)
+    else:
+        cases[1].xla_memory_probe = lambda: _xla_memory_mb(donated, *holder["s"], xj, yj)
+    return cases, info
+
+
+def _xla_memory_mb(jitted, *args) -> float | None:
+    """Arguments + outputs + temps of the compiled executable, minus donated aliases: what the
+    step needs on the device, as XLA plans it (None where the backend does not say)."""
+    try:
+        m = jitted.lower(*args).compile().memory_analysis()
+        total = (
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            + m.temp_size_in_bytes
+            - m.alias_size_in_bytes
+        )
+    except Exception:  # memory_analysis is optional per backend
+        return None
+    return total / 2**20
+
+
+def _jax_device_peak_mb(device) -> float | None:
+    stats = device.memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +452,8 @@ def main(argv: list[str] | None = None) -> dict:
         _time_interleaved(cases, args.warmup, args.repeats)
         for c in cases:
             c.peak_mb = peaks[c.name]
+            if c.xla_memory_probe and c.error is None:
+                c.xla_memory_mb = c.xla_memory_probe()
         summaries = {c.name: c.summary() for c in cases}
         result["runs"].append({"batch": b, "cases": summaries})
         rows.append((b, summaries))
@@ -419,12 +480,14 @@ def _default_out(result: dict) -> Path:
 
 
 def format_table(rows: list[tuple[int, dict]], result: dict) -> str:
+    on_device = result["machine"]["backend"] != "cpu"
+    mem_label = "dev peak MB" if on_device else "peak RSS MB"
     lines = [
         f"dim={result['config']['dim']} depth={result['config']['depth']} "
         f"precision={result['precision']} backend={result['machine']['backend']} "
         f"({result['machine']['cpu']}, {result['machine']['cpu_count']} cores)",
         f"{'batch':>5} {'case':28s} {'median ms':>10} {'samples/s':>10} {'compile s':>10} "
-        f"{'peak RSS MB':>12} {'JAX speedup':>12}",
+        f"{mem_label:>12} {'XLA mem MB':>10} {'JAX speedup':>12}",
     ]
     for b, s in rows:
         for kind in ("forward", "train step"):
@@ -440,12 +503,25 @@ def format_table(rows: list[tuple[int, dict]], result: dict) -> str:
                 if jax_case and "median_s" in jax_case and not name.startswith("stlight"):
                     ratio = f"{c['median_s'] / jax_case['median_s']:.2f}x"
                 comp = f"{c['compile_s']:.2f}" if c.get("compile_s") is not None else "-"
-                peak = f"{c['peak_mem_mb']:.0f}" if c.get("peak_mem_mb") else "-"
+                peak = c.get("device_peak_mb") if on_device else c.get("peak_mem_mb")
+                peak = f"{peak:.0f}" if peak else "-"
+                xla = f"{c['xla_memory_mb']:.0f}" if c.get("xla_memory_mb") else "-"
                 lines.append(
                     f"{b:5d} {name:28s} {c['median_s'] * 1e3:10.1f} {c['samples_per_s']:10.2f} "
-                    f"{comp:>10} {peak:>12} {ratio:>12}"
+                    f"{comp:>10} {peak:>12} {xla:>10} {ratio:>12}"
+                )
+        for name, c in s.items():
+            if "paper_schedule_h" in c:
+                lines.append(
+                    f"{b:5d} {name:28s} the paper's 200 epochs ({PAPER_STEPS:,} steps) take "
+                    f"{c['paper_schedule_h']:.1f} h"
                 )
     lines.append("JAX speedup = PyTorch median time / stlight-jax median time (>1: JAX faster).")
+    if on_device:
+        lines.append(
+            "dev peak: allocator peak during the first call (torch: reset before each case; "
+            "JAX: the process's peak so far)."
+        )
     return "\n".join(lines)
 
 
