@@ -8,6 +8,7 @@ SyncBatchNorm is used). Each process feeds only its share of the batch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,9 @@ from jax.sharding import PartitionSpec as P
 from stlight_jax import checkpoint, data, metrics, schedules
 from stlight_jax.model_size import model_size
 from stlight_jax.models import ModelConfig, STLight, create_model
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
 
 State = dict[str, Any]  # {'params', 'batch_stats', 'opt_state', 'step'}
 
@@ -448,48 +452,50 @@ def _train_and_evaluate(
             )
         else:
             writer.write(start_step, {"resumed_from_step": start_step})
-        train_step = jit_train_step(make_train_step(graphdef, tx, lr_fn), mesh)
-        eval_step = make_eval_step(graphdef, mesh)
-        return _loop(
-            config,
-            workdir,
-            stop,
-            mesh,
-            manager,
-            writer,
-            train_iter,
-            train_step,
-            eval_step,
-            state,
-            start_step,
-            steps_per_epoch,
-            total_steps,
+        run = _TrainingRun(
+            config=config,
+            workdir=workdir,
+            stop=stop,
+            mesh=mesh,
+            manager=manager,
+            writer=writer,
+            train_iter=train_iter,
+            train_step=jit_train_step(make_train_step(graphdef, tx, lr_fn), mesh),
+            eval_step=make_eval_step(graphdef, mesh),
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
         )
+        return _train_then_test(run, state, start_step)
     finally:
         if writer is not None:
             writer.close()
         manager.close()
 
 
-def _loop(
-    config,
-    workdir,
-    stop,
-    mesh,
-    manager,
-    writer,
-    train_iter,
-    train_step,
-    eval_step,
-    state,
-    start_step,
-    steps_per_epoch,
-    total_steps,
-) -> dict[str, Any]:
-    """The training loop, the final save and the test evaluation of `train_and_evaluate`."""
+@dataclasses.dataclass(frozen=True)
+class _TrainingRun:
+    """What `train_and_evaluate` sets up once and its loop then uses as is; the training
+    state and the step are what the loop advances, so they are passed alongside."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    stop: _StopSignal
+    mesh: jax.sharding.Mesh
+    manager: ocp.CheckpointManager
+    writer: MetricWriter
+    train_iter: Any  # next() gives a process-local batch; get_state()/set_state() for resuming
+    train_step: Callable[[State, dict], tuple[State, dict]]  # jitted, donates the state
+    eval_step: Callable[..., dict]  # from make_eval_step
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _train_then_test(run: _TrainingRun, state: State, start_step: int) -> dict[str, Any]:
+    """The training loop and the final save, then `_test_best_checkpoint`; on a stop signal,
+    saves and returns {'interrupted_at_step': step} instead."""
     n_proc = jax.process_count()
-    log_every = max(1, config.log_every_steps)
-    progress = _Progress(total_steps, start_step, config.data.batch_size, log_every)
+    log_every = max(1, run.config.log_every_steps)
+    progress = _Progress(run.total_steps, start_step, run.config.data.batch_size, log_every)
     pending: list[tuple[int, dict]] = []  # (step, step metrics) not yet fetched
 
     def flush_pending() -> float | None:
@@ -507,31 +513,31 @@ def _loop(
                 )
                 raise NonFiniteLossError(
                     f"non-finite {what} at step {s}; the last good checkpoint is step "
-                    f"{manager.latest_step()} in {manager.directory}"
+                    f"{run.manager.latest_step()} in {run.manager.directory}"
                 )
         s, m = fetched[-1]
         window = [float(x["loss"]) for _, x in fetched]
-        writer.write(
+        run.writer.write(
             s,
             {
                 "train_loss": float(np.mean(window)),
                 "lr": float(m["lr"]),
-                "epoch": s / steps_per_epoch,
+                "epoch": s / run.steps_per_epoch,
             },
         )
         return float(m["loss"])
 
     def save(step: int, val: dict[str, float] | None = None) -> None:
         flush_pending()  # never checkpoint a state whose loss went non-finite
-        checkpoint.save(manager, step, state, train_iter.get_state(), val)
+        checkpoint.save(run.manager, step, state, run.train_iter.get_state(), val)
 
     step = start_step
     start_time = time.time()
     compile_logged = False
     try:
-        while step < total_steps:
-            batch = global_batch(next(train_iter), mesh)
-            state, step_metrics = train_step(state, batch)
+        while step < run.total_steps:
+            batch = global_batch(next(run.train_iter), run.mesh)
+            state, step_metrics = run.train_step(state, batch)
             step += 1
             if not compile_logged:
                 jax.block_until_ready(step_metrics["loss"])
@@ -539,87 +545,100 @@ def _loop(
                 compile_logged = True
                 progress.restart_clock(step)
             pending.append((step, step_metrics))
-            if step % log_every == 0 or step == total_steps:
+            if step % log_every == 0 or step == run.total_steps:
                 progress.update(step, flush_pending())
             if n_proc > 1 and step % log_every == 0:
                 from jax.experimental import multihost_utils
 
                 # Every process must stop at the same step, whichever one was signalled.
-                flags = multihost_utils.process_allgather(np.int32(stop.received is not None))
-                if np.any(flags) and stop.received is None:
-                    stop.received = signal.SIGTERM
-            if stop.received is not None and (n_proc == 1 or step % log_every == 0):
-                if manager.latest_step() != step:
+                flags = multihost_utils.process_allgather(np.int32(run.stop.received is not None))
+                if np.any(flags) and run.stop.received is None:
+                    run.stop.received = signal.SIGTERM
+            if run.stop.received is not None and (n_proc == 1 or step % log_every == 0):
+                if run.manager.latest_step() != step:
                     save(step)
                 logging.warning(
                     "signal %d received: saved step %d to %s; exiting",
-                    stop.received,
+                    run.stop.received,
                     step,
-                    manager.directory,
+                    run.manager.directory,
                 )
                 return {"interrupted_at_step": step}
-            epoch_done = step % steps_per_epoch == 0
-            epoch = step // steps_per_epoch
-            every = config.eval_every_epochs  # 0: validate after the last epoch only
-            if epoch_done and ((every > 0 and epoch % every == 0) or step == total_steps):
+            epoch_done = step % run.steps_per_epoch == 0
+            epoch = step // run.steps_per_epoch
+            every = run.config.eval_every_epochs  # 0: validate after the last epoch only
+            if epoch_done and ((every > 0 and epoch % every == 0) or step == run.total_steps):
                 flush_pending()
-                val = evaluate_split(
-                    config,
-                    eval_step,
-                    state["params"],
-                    state["batch_stats"],
-                    mesh,
-                    "val",
-                    baselines=False,
-                )
-                val_mse = val["model"]["mse"]
-                writer.write(
-                    step,
-                    {
-                        "val_mse": val_mse,
-                        "val_mae": val["model"]["mae"],
-                        "val_ssim": val["model"]["ssim"],
-                        "val_psnr": val["model"]["psnr"],
-                        "epoch": epoch,
-                    },
-                )
-                logging.info(
-                    "epoch %d step %d: val MSE %.4f MAE %.4f SSIM %.5f",
-                    epoch,
-                    step,
-                    val_mse,
-                    val["model"]["mae"],
-                    val["model"]["ssim"],
-                )
+                val_mse = _validate(run, state, step, epoch)
                 save(step, {checkpoint.VAL_METRIC: float(val_mse)})
             elif epoch_done or (
-                config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+                run.config.checkpoint_every_steps and step % run.config.checkpoint_every_steps == 0
             ):
                 save(step)
     finally:
         progress.close()
-    if manager.latest_step() != step:
+    if run.manager.latest_step() != step:
         save(step)
     train_seconds = time.time() - start_time
+    return _test_best_checkpoint(run, state, step, train_seconds)
 
-    # Test the best-validation checkpoint.
-    best = checkpoint.best_step(manager)
+
+def _validate(run: _TrainingRun, state: State, step: int, epoch: int) -> float:
+    """Evaluates `state` on the validation split, writes and logs the metrics; returns the MSE
+    (the metric that picks the best checkpoint)."""
+    val = evaluate_split(
+        run.config,
+        run.eval_step,
+        state["params"],
+        state["batch_stats"],
+        run.mesh,
+        "val",
+        baselines=False,
+    )
+    val_mse = val["model"]["mse"]
+    run.writer.write(
+        step,
+        {
+            "val_mse": val_mse,
+            "val_mae": val["model"]["mae"],
+            "val_ssim": val["model"]["ssim"],
+            "val_psnr": val["model"]["psnr"],
+            "epoch": epoch,
+        },
+    )
+    logging.info(
+        "epoch %d step %d: val MSE %.4f MAE %.4f SSIM %.5f",
+        epoch,
+        step,
+        val_mse,
+        val["model"]["mae"],
+        val["model"]["ssim"],
+    )
+    return val_mse
+
+
+def _test_best_checkpoint(
+    run: _TrainingRun, state: State, step: int, train_seconds: float
+) -> dict[str, Any]:
+    """Evaluates the best-validation checkpoint (else the final `state`, saved at `step`) on
+    the test split with the baselines; writes, logs and saves test_metrics.json, returns it."""
+    best = checkpoint.best_step(run.manager)
     if best is not None and best != step:
-        restored_state, _ = checkpoint.restore(manager, best, checkpoint.abstract_like(state))
+        restored_state, _ = checkpoint.restore(run.manager, best, checkpoint.abstract_like(state))
         params, batch_stats = restored_state["params"], restored_state["batch_stats"]
     else:
         best = step
         params, batch_stats = state["params"], state["batch_stats"]
-    test = evaluate_split(config, eval_step, params, batch_stats, mesh, "test")
+    test = evaluate_split(run.config, run.eval_step, params, batch_stats, run.mesh, "test")
     result = {
         "checkpoint_step": int(best),
         "train_seconds": train_seconds,
-        "data_source": data.describe_source(config, "test"),
+        "data_source": data.describe_source(run.config, "test"),
         **test,
     }
-    writer.write(step, {f"test_{k}": v for k, v in test["model"].items() if k != "per_frame"})
+    run.writer.write(step, {f"test_{k}": v for k, v in test["model"].items() if k != "per_frame"})
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+        with open(os.path.join(run.workdir, "test_metrics.json"), "w") as f:
             json.dump(_jsonable(result), f, indent=2)
         logging.info("test (best checkpoint, step %d) on %s", best, result["data_source"])
         for name in test:
