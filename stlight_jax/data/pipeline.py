@@ -8,6 +8,7 @@ import os
 
 import grain
 import numpy as np
+from absl import flags
 
 from stlight_jax.data import common
 
@@ -118,18 +119,67 @@ def _to_iter(ds: grain.MapDataset, config) -> grain.IterDataset:
         )
     )
     if int(d.worker_count) > 0:
+        _allow_unparsed_grain_profiling_flag()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.worker_count)))
     return it
 
 
-def create_train_iterator(
-    config, process_index: int = 0, process_count: int = 1
-) -> grain.DatasetIterator:
+def _allow_unparsed_grain_profiling_flag() -> None:
+    """Grain 0.2.18 reads the absl flag below with `.value` when it starts worker processes
+    (with jaxlib >= 0.11 installed), which raises UnparsedFlagAccessError outside an absl app:
+    a notebook, a test, `train_and_evaluate` called from Python (google/grain#1355). Marking
+    just that flag present makes it read its default (False) without marking every absl flag
+    parsed; a later command-line parse still sets it."""
+    name = "grain_enable_multiprocess_worker_profiling"
+    if not flags.FLAGS.is_parsed() and name in flags.FLAGS and not flags.FLAGS[name].present:
+        flags.FLAGS[name].present = 1
+
+
+class TrainIterator:
+    """This process's batches from position `next_index` on, with a resumable state.
+
+    The state is {'next_index': n}, the number of this process's batches consumed, whatever
+    config.data.worker_count is. Grain's own state depends on the worker count (one entry per
+    worker, interleaved), so a checkpoint written with one count would not restore with another;
+    the batch order does not depend on it (worker i of W reads batches i, i + W, ... and Grain
+    takes them in turn), so `set_state` rebuilds the pipeline from batch n instead.
+    """
+
+    def __init__(self, batches: grain.MapDataset, config):
+        self._batches, self._config = batches, config
+        self._next_index = 0
+        self._it = iter(_to_iter(batches, config))
+
+    def __iter__(self) -> TrainIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._it)
+        self._next_index += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        return {"next_index": self._next_index}
+
+    def set_state(self, state: dict) -> None:
+        n = state.get("next_index") if isinstance(state, dict) else None
+        if not (isinstance(n, int) and n >= 0 and len(state) == 1):
+            raise ValueError(f"data iterator state {state!r} is not {{'next_index': n >= 0}}")
+        self.close()
+        self._next_index = n
+        self._it = iter(_to_iter(self._batches[n:], self._config))
+
+    def close(self) -> None:
+        """Stops the worker processes (if any); `set_state` starts new ones."""
+        self._it.close()
+
+
+def create_train_iterator(config, process_index: int = 0, process_count: int = 1) -> TrainIterator:
     """Infinite iterator of this process's share of each global batch, epoch after epoch.
 
-    Returns a Grain DatasetIterator: `next(it)` gives {'inputs', 'targets'} float32
-    (B_local, T, H, W, C); `it.get_state()` is a JSON-serialisable dict and `it.set_state`
-    restores it so the next batch is the one that would have come next.
+    `next(it)` gives {'inputs', 'targets'} float32 (B_local, T, H, W, C); `it.get_state()` is
+    {'next_index': n} and `it.set_state` restores it so the next batch is the one that would
+    have come next, with any config.data.worker_count (the stream does not depend on it).
     """
     ds = get_dataset(config)
     b_local = _local_batch(int(config.data.batch_size), process_count, "batch_size")
@@ -147,7 +197,7 @@ def create_train_iterator(
     # Chunk k of B_local samples is global batch k // P, rows (k % P) * B_local...: process p
     # takes every P-th chunk, so the processes' shards of a step concatenate to the global batch.
     batches = batches[process_index::process_count]
-    return iter(_to_iter(batches, config))
+    return TrainIterator(batches, config)
 
 
 def create_eval_iterator(
