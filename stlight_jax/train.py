@@ -470,6 +470,7 @@ def _train_and_evaluate(
         if writer is not None:
             writer.close()
         manager.close()
+        train_iter.close()  # stops Grain's worker processes (data.worker_count > 0)
 
 
 @dataclasses.dataclass(frozen=True)
