@@ -10,8 +10,12 @@ Eval mode writes metrics.json, metrics_vs_lead_time.png and sample_<i>.png/.gif 
 (T, H, W, C) or, for 1 channel, (N, T, H, W); floats on [0, 1] or uint8 0..255, which is divided
 by 255; or a folder of images, one sequence sorted by file name) and writes predictions.npy,
 predictions.json and sequence_<i>.png/.gif (default <workdir>/predict). A --horizon beyond the
-trained output length rolls out autoregressively. Everything lives in
-`stlight_jax.evaluation.run`.
+trained output length rolls out autoregressively.
+
+Multi-host: start the same command on every host with --coordinator_address, --num_processes
+and --process_id (or --distributed), as for train.py; every process reads its share of the
+split (predict mode: the whole --input, which must be the same file everywhere) and process 0
+writes the same files a single process would. Everything lives in `stlight_jax.evaluation.run`.
 """
 
 import sys
@@ -43,6 +47,10 @@ flags.DEFINE_bool("save_arrays", False, "Eval mode: also write inputs/targets/pr
 flags.DEFINE_float(
     "ssim_data_range", 2.0, "SSIM data_range: 2.0 as OpenSTL and the paper; 1.0 is textbook."
 )
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detect).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 
 
 def main(argv):
@@ -53,6 +61,12 @@ def main(argv):
     quiet_library_logs()
     import jax
 
+    if FLAGS.coordinator_address or FLAGS.distributed:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
     from stlight_jax import evaluation
 
     logging.info(

@@ -407,11 +407,11 @@ def main(argv: list[str] | None = None) -> None:
             "--config",
             required=True,
             help="config file with optional argument, e.g. configs/mmnist.py:S, "
-            "or a workdir's config.json",
+            "or a workdir (its config.json) or a config.json",
         )
     args = parser.parse_args(argv)
-    config = load_config(args.config)
     try:
+        config = load_config(args.config)
         if args.command == "import":
             where = import_to_checkpoint(args.weights, config, args.out, not args.non_strict)
             print(f"wrote {where}; start from it with --config.init_from={args.out}")
@@ -422,13 +422,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def load_config(spec: str) -> Any:
-    """'configs/x.py[:arg]' -> get_config(arg); 'something.json' -> the saved ConfigDict."""
+    """The one way configs are read by path: 'configs/x.py[:arg]' -> get_config(arg); a saved
+    'config.json' (or a training workdir, meaning its config.json) -> that resolved ConfigDict.
+
+    `evaluation.load_workdir_config` reads a workdir's config.json through this function.
+    """
     import importlib.util
     import json
 
     import ml_collections
 
+    if os.path.isdir(spec):
+        spec = os.path.join(spec, "config.json")
     if spec.endswith(".json"):
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(f"config file {spec!r} does not exist")
         with open(spec) as f:
             return ml_collections.ConfigDict(json.load(f))
     path, _, arg = spec.partition(":")

@@ -2,6 +2,9 @@
 
 The library behind `evaluate.py`: `run(...)` does either mode; the pieces (`load_model`,
 `evaluate`, `predict`, `rollout`, `prepare_input`) are usable on their own.
+
+With several JAX processes (`jax.distributed.initialize`) every process runs the same calls;
+process 0 alone writes the output, the same files a single-process run writes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +22,12 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from stlight_jax import checkpoint as ckpt
-from stlight_jax import data, metrics, visualize
+from stlight_jax import convert, data, metrics, visualize
 from stlight_jax.data.common import U8_TO_UNIT
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.train import (
@@ -61,14 +66,14 @@ class LoadedModel:
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a training run wrote to `<workdir>/config.json`."""
+    """The resolved config a training run wrote to `<workdir>/config.json`, read by
+    `convert.load_config` (the one reader of saved configs)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{path} does not exist: is {workdir!r} a training workdir? Otherwise pass --config"
         )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return convert.load_config(path)
 
 
 def parse_step(step: str | int | None) -> str | int | None:
@@ -104,8 +109,6 @@ def load_model(
     if weights:
         if step is not None:
             raise ValueError("step selects an Orbax checkpoint step; it does not apply to weights")
-        from stlight_jax import convert
-
         convert.load_into_model(model, convert.load_state_dict_file(weights), source=weights)
         graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         source = {"kind": "pytorch_weights", "path": os.path.abspath(weights), "step": None}
@@ -130,6 +133,18 @@ def load_model(
 # Forward passes and autoregressive rollout.
 
 
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """`tree` on every device of `mesh`, e.g. the weights `load_model` restored.
+
+    With several processes the weights sit on each process's own device, and a device-to-device
+    copy to other hosts is not supported (XLA:CPU, GPUs without DCN transfers): every process
+    holds the same values, so each places its host copy on its own devices.
+    """
+    if jax.process_count() > 1:
+        tree = jax.device_get(tree)
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
 def make_forward(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
     """Jitted (params, batch_stats, inputs) -> float32 predictions, batch sharded over 'data'."""
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -149,17 +164,15 @@ def make_predict_fn(
 
     Batches hold `batch_size` sequences (default config.data.eval_batch_size, fewer for a
     smaller input); the last one is zero-padded so one compiled program serves every batch.
-    Single-process only.
+    With several processes every process calls it with the same `x` (each device takes its
+    rows from its own process's copy) and gets all the predictions back.
     """
-    if jax.process_count() > 1:
-        raise RuntimeError("prediction on user inputs runs in a single process")
     mesh = create_mesh()
     batch_size = int(batch_size or loaded.config.data.eval_batch_size)
     batch_size = math.ceil(batch_size / mesh.size) * mesh.size  # sharded evenly over devices
     forward = make_forward(loaded.graphdef, mesh)
-    replicated = NamedSharding(mesh, P())
-    params = jax.device_put(loaded.params, replicated)
-    batch_stats = jax.device_put(loaded.batch_stats, replicated)
+    sharded = NamedSharding(mesh, P("data"))
+    params, batch_stats = replicate((loaded.params, loaded.batch_stats), mesh)
     cfg = loaded.model_config
 
     def predict_fn(x: np.ndarray) -> np.ndarray:
@@ -175,7 +188,7 @@ def make_predict_fn(
             if k < size:
                 pad = np.zeros((size - k, *chunk.shape[1:]), np.float32)
                 chunk = np.concatenate([chunk, pad])
-            inputs = global_batch({"inputs": chunk}, mesh)["inputs"]
+            inputs = jax.make_array_from_callback(chunk.shape, sharded, chunk.__getitem__)
             out.append(np.asarray(forward(params, batch_stats, inputs))[:k])
         return np.concatenate(out)
 
@@ -319,6 +332,37 @@ def load_input(path: str, cfg: ModelConfig) -> tuple[np.ndarray, dict[str, Any]]
     return x, notes
 
 
+def load_input_everywhere(path: str, cfg: ModelConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """`load_input` in every process; with several, they must all read the same frames.
+
+    Each process feeds its devices from its own copy of the input, so `path` must be readable
+    on every host. A failure on any process, or inputs that differ between processes, raise an
+    error in every process (rather than leave the others waiting in a collective).
+    """
+    if jax.process_count() == 1:
+        return load_input(path, cfg)
+    x, notes, error = None, {}, None
+    try:
+        x, notes = load_input(path, cfg)
+    except Exception as e:  # re-raised below, once every process knows
+        error = e
+    digest = -1
+    if x is not None:
+        digest = zlib.crc32(x.tobytes(), zlib.crc32(repr(x.shape).encode()))
+    digests = multihost_utils.process_allgather(np.asarray(digest, np.int64)).tolist()
+    if error is not None:
+        raise error
+    failed = [i for i, d in enumerate(digests) if d == -1]
+    if failed:
+        raise ValueError(f"input {path!r} could not be read on process(es) {failed}")
+    if len(set(digests)) > 1:
+        raise ValueError(
+            f"input {path!r} differs between processes (CRC32 {digests}); every process "
+            "must read the same frames"
+        )
+    return x, notes
+
+
 # ---------------------------------------------------------------------------------------------
 # Output helpers.
 
@@ -406,6 +450,33 @@ def write_sample_pictures(
 # Eval mode.
 
 
+def split_order(mesh: jax.sharding.Mesh, batch_size: int) -> np.ndarray:
+    """Rows of a global eval batch (as `global_batch` lays it out on `mesh`) in split order.
+
+    `data.create_eval_iterator` hands process p the p-th of every `process_count` consecutive
+    local batches, so the split order is process 0's rows, then process 1's, and so on; the
+    global array holds them in the mesh's device order. The identity unless the mesh
+    interleaves the processes' devices.
+    """
+    sharding = NamedSharding(mesh, P("data"))
+    owned: dict[int, list[int]] = {}
+    for device, index in sharding.devices_indices_map((batch_size,)).items():
+        owned.setdefault(device.process_index, []).extend(range(batch_size)[index[0]])
+    return np.asarray([r for p in sorted(owned) for r in sorted(set(owned[p]))], np.int64)
+
+
+def host_batch(batch: dict, gbatch: dict, order: np.ndarray) -> dict[str, np.ndarray]:
+    """The whole global batch as numpy in every process, rows in split order.
+
+    One process has it already (`batch`); with several, `process_allgather` collects every
+    process's rows (a collective: all processes must call it for the same batches).
+    """
+    if jax.process_count() == 1:
+        return {k: np.asarray(v) for k, v in batch.items()}
+    host = multihost_utils.process_allgather(gbatch, tiled=True)
+    return {k: np.asarray(v)[order] for k, v in host.items()}
+
+
 def evaluate(
     loaded: LoadedModel,
     split: str,
@@ -425,26 +496,17 @@ def evaluate(
     config = loaded.config
     cfg = loaded.model_config
     mesh = create_mesh()
-    replicated = NamedSharding(mesh, P())
-    params = jax.device_put(loaded.params, replicated)
-    batch_stats = jax.device_put(loaded.batch_stats, replicated)
+    params, batch_stats = replicate((loaded.params, loaded.batch_stats), mesh)
     eval_step = make_eval_step(loaded.graphdef, mesh, ssim_data_range)
     forward = make_forward(loaded.graphdef, mesh)
-    accs = jax.device_put(
-        {n: metrics.init_accumulator(cfg.frames_out) for n in PREDICTORS}, replicated
-    )
+    accs = replicate({n: metrics.init_accumulator(cfg.frames_out) for n in PREDICTORS}, mesh)
     num_total = data.get_dataset(config).eval_size(split)
     writer = jax.process_index() == 0
-    # Pictures and arrays need the predictions on the host; with several processes each holds
-    # only its share of a batch, so they are produced by single-process runs only.
-    local = jax.process_count() == 1
-    if not local and (num_samples or save_arrays):
-        logging.warning("pictures and --save_arrays need a single process; skipped")
-    num_pictures = min(num_samples, num_total) if local else 0
+    num_pictures = min(num_samples, num_total)
     if writer:
         os.makedirs(out_dir, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
-    if save_arrays and local:
+    if save_arrays and writer:
         h, w = cfg.image_size
         for name, frames in (
             ("inputs", cfg.frames_in),
@@ -458,28 +520,35 @@ def evaluate(
                 shape=(num_total, frames, h, w, cfg.channels),
             )
     samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    row = 0
+    row = pictured = 0  # the same counts in every process: each decides alike to gather
+    order = None
     batches = data.create_eval_iterator(
         config, split=split, process_index=jax.process_index(), process_count=jax.process_count()
     )
     for batch in batches:
         gbatch = global_batch(batch, mesh)
         accs = eval_step(params, batch_stats, gbatch, accs)
-        if local and (arrays or len(samples) < num_pictures):
+        if save_arrays or pictured < num_pictures:
             # A second forward pass for the host copy: make_eval_step keeps predictions on
             # device, and it is what training reports, so metrics stay computed by one code path.
+            # Its output is replicated: every process gets the whole global batch.
             pred = np.asarray(forward(params, batch_stats, gbatch["inputs"]))
-            keep = np.flatnonzero(np.asarray(batch["mask"]) > 0)  # padding rows are dropped
+            if order is None:
+                order = split_order(mesh, pred.shape[0])
+            host = host_batch(batch, gbatch, order)
+            pred = pred[order]
+            keep = np.flatnonzero(host["mask"] > 0)  # padding rows are dropped
             for name, value in (
-                ("inputs", batch["inputs"]),
-                ("targets", batch["targets"]),
+                ("inputs", host["inputs"]),
+                ("targets", host["targets"]),
                 ("predictions", pred),
             ):
                 if name in arrays:
                     arrays[name][row : row + len(keep)] = value[keep]
-            for i in keep:
-                if len(samples) < num_pictures:
-                    samples.append((batch["inputs"][i], batch["targets"][i], pred[i]))
+            for i in keep[: num_pictures - pictured]:
+                if writer:
+                    samples.append((host["inputs"][i], host["targets"][i], pred[i]))
+                pictured += 1
             row += len(keep)
     for arr in arrays.values():
         arr.flush()
@@ -524,7 +593,7 @@ def evaluate(
     )
     for i, (x, y, p) in enumerate(samples):
         files["samples"].append(write_sample_pictures(out_dir, i, x, y, p))
-    if save_arrays and local:
+    if save_arrays:
         files["arrays"] = {n: f"{n}.npy" for n in ("inputs", "targets", "predictions")}
         files["arrays_note"] = "float32 NHWC; predictions are raw (unclipped) model outputs"
     result["files"] = files
@@ -547,22 +616,26 @@ def predict(
 
     Writes predictions.npy (N, horizon, H, W, C) of raw model outputs, predictions.json (the
     metadata, including whether and how the rollout fed predictions back) and, for the first
-    `num_samples` sequences, sequence_<i>.png strips and sequence_<i>.gif animations.
+    `num_samples` sequences, sequence_<i>.png strips and sequence_<i>.gif animations. With
+    several processes each reads the whole input (the same file) and process 0 writes.
     """
     cfg = loaded.model_config
-    inputs, notes = load_input(input_path, cfg)
+    inputs, notes = load_input_everywhere(input_path, cfg)
     horizon = int(horizon or cfg.frames_out)
     predictions, passes = rollout(
         make_predict_fn(loaded), inputs, horizon, cfg.frames_in, cfg.frames_out
     )
     autoregressive = horizon > cfg.frames_out
-    os.makedirs(out_dir, exist_ok=True)
-    np.save(os.path.join(out_dir, "predictions.npy"), predictions)
-    captions = ["pred" if k < cfg.frames_out else "rollout" for k in range(horizon)]
-    pictures = [
-        write_sample_pictures(out_dir, i, inputs[i], None, predictions[i], captions, "sequence")
-        for i in range(min(num_samples, len(inputs)))
-    ]
+    writer = jax.process_index() == 0
+    pictures = []
+    if writer:
+        os.makedirs(out_dir, exist_ok=True)
+        np.save(os.path.join(out_dir, "predictions.npy"), predictions)
+        captions = ["pred" if k < cfg.frames_out else "rollout" for k in range(horizon)]
+        pictures = [
+            write_sample_pictures(out_dir, i, inputs[i], None, predictions[i], captions, "sequence")
+            for i in range(min(num_samples, len(inputs)))
+        ]
     result = {
         "mode": "predict",
         "out": os.path.abspath(out_dir),
@@ -595,6 +668,9 @@ def predict(
             "'rollout' marks frames predicted from predictions"
         ],
     }
+    if not writer:
+        del result["files"]  # process 0 wrote them
+        return result
     write_json(os.path.join(out_dir, "predictions.json"), result)
     return result
 

@@ -315,3 +315,17 @@ def test_metrics_json_is_strict_with_infinite_psnr(tmp_path):
     path = str(tmp_path / "m.json")
     evaluation.write_json(path, {"psnr": float("inf"), "per_frame": [np.float32(1.5), np.inf]})
     assert _strict_load(path) == {"psnr": "inf", "per_frame": [1.5, "inf"]}
+
+
+def test_saved_config_has_one_reader(workdir, tmp_path):
+    from stlight_jax import convert
+
+    saved = evaluation.load_workdir_config(workdir)  # through convert.load_config
+    assert saved.name == "mmnist_cpu" and saved.model.frames_out == FRAMES_OUT
+    path = os.path.join(workdir, "config.json")
+    assert convert.load_config(path).to_dict() == saved.to_dict()
+    assert convert.load_config(workdir).to_dict() == saved.to_dict()  # a workdir: its json
+    with pytest.raises(FileNotFoundError, match="config file .*config.json.* does not exist"):
+        convert.load_config(str(tmp_path / "config.json"))
+    with pytest.raises(FileNotFoundError, match="Otherwise pass --config"):
+        evaluation.load_workdir_config(str(tmp_path))
