@@ -47,4 +47,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from stlight_jax import runtime
+
+    runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
     app.run(main)

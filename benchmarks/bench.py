@@ -380,17 +380,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--malloc",
         default="default",
-        choices=["tuned", "default"],
-        help="CPU: 'tuned' calls ops.tune_cpu_malloc() (see README 'What it cost'); the default "
-        "is what train.py users get, and measured faster with torch in the same process",
+        choices=["default", "hugepages", "tuned"],
+        help="glibc malloc for both frameworks: 'default' leaves glibc as is (the headline "
+        "tables), 'hugepages' restarts with the THP tunable as train.py does, 'tuned' keeps "
+        "freed memory (runtime.tune_cpu_malloc; at batch 16 with torch it overflowed 24 GiB)",
     )
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     p.add_argument("--no-json", action="store_true")
     args = p.parse_args(argv)
 
-    from stlight_jax import ops
+    from stlight_jax import runtime
 
-    malloc_tuned = args.malloc == "tuned" and ops.tune_cpu_malloc()
+    if args.malloc == "hugepages" and argv is None:  # a restart needs our own command line
+        runtime.reexec_with_malloc_hugepages()
+    malloc_tuned = args.malloc == "tuned" and runtime.tune_cpu_malloc()
 
     import jax
 
@@ -425,7 +428,10 @@ def main(argv: list[str] | None = None) -> dict:
         "python": platform.python_version(),
         "config": dataclasses.asdict(cfg),
         "precision": args.precision,
+        "malloc": args.malloc,
         "malloc_tuned": malloc_tuned,
+        "malloc_hugepages": runtime.malloc_hugepages_active(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "repeats": args.repeats,
         "warmup": args.warmup,
         "runs": [],

@@ -6,11 +6,8 @@ benchmarks share one implementation of each PyTorch convention (REFERENCE.md sec
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -248,27 +245,3 @@ def batch_norm(
     inv = lax.rsqrt(use_var + eps) * scale
     y = (x.astype(jnp.float32) - use_mean) * inv + bias
     return y.astype(x.dtype), new_mean, new_var
-
-
-def tune_cpu_malloc() -> bool:
-    """Keeps freed heap memory for reuse so XLA:CPU's per-call temp buffers stop page-faulting.
-
-    XLA:CPU allocates one temp block per executable call, on a worker thread (2.8 GB for the
-    MMNIST-S train step at batch 4). glibc serves it from a fresh mmap and unmaps it on free, so
-    every step page-faults and zero-fills the whole block (690k faults per step, measured with
-    strace and getrusage). One arena (worker threads would otherwise mmap from their own), no
-    mmap, and no trimming (-1: glibc's "never trim"; a finite threshold below the block size
-    still returns it every step) let the block be reused. The process then keeps its peak heap.
-    Process-wide and opt-in: call it first thing in a CPU training or benchmark process.
-    Returns False where it does not apply (not glibc).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-    ok = mallopt(m_arena_max, 1) and mallopt(m_mmap_max, 0)
-    return bool(ok and mallopt(m_trim_threshold, -1))
