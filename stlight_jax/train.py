@@ -484,7 +484,7 @@ class _TrainingRun:
     mesh: jax.sharding.Mesh
     manager: ocp.CheckpointManager
     writer: MetricWriter
-    train_iter: Any  # next() gives a process-local batch; get_state()/set_state() for resuming
+    train_iter: Any  # next(): a process-local batch; get_state()/set_state(): resume; close()
     train_step: Callable[[State, dict], tuple[State, dict]]  # jitted, donates the state
     eval_step: Callable[..., dict]  # from make_eval_step
     steps_per_epoch: int

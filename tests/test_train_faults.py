@@ -50,6 +50,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(config, tmp_path, 
         def set_state(self, s):
             self.it.set_state(s)
 
+        def close(self):
+            self.it.close()
+
     monkeypatch.setattr(
         data, "create_train_iterator", lambda *a, **k: NaNAtThirdBatch(make_iter(*a, **k))
     )
