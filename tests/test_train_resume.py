@@ -47,6 +47,9 @@ if kill_at:
         def set_state(self, state):
             self.it.set_state(state)
 
+        def close(self):
+            self.it.close()
+
     data.create_train_iterator = lambda *a, **k: Killer(make(*a, **k))
 train.train_and_evaluate(config, workdir)
 """
