@@ -20,8 +20,10 @@ writes the same files a single process would. Everything lives in `stlight_jax.e
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from stlight_jax import runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -47,10 +49,7 @@ flags.DEFINE_bool("save_arrays", False, "Eval mode: also write inputs/targets/pr
 flags.DEFINE_float(
     "ssim_data_range", 2.0, "SSIM data_range: 2.0 as OpenSTL and the paper; 1.0 is textbook."
 )
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detect).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+runtime.define_distributed_flags()
 
 
 def main(argv):
@@ -59,19 +58,11 @@ def main(argv):
     from stlight_jax.train import quiet_library_logs
 
     quiet_library_logs()
+    runtime.initialize_distributed_from_flags()
     import jax
 
-    if FLAGS.coordinator_address or FLAGS.distributed:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
     from stlight_jax import evaluation
 
-    logging.info(
-        "process %d/%d, devices %s", jax.process_index(), jax.process_count(), jax.devices()
-    )
     try:
         result = evaluation.run(
             workdir=FLAGS.workdir,
@@ -103,7 +94,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from stlight_jax import runtime
-
     runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
     app.run(main)

@@ -9,18 +9,17 @@ Multi-host: start one process per host with --coordinator_address, --num_process
 Everything else lives in `stlight_jax.train.train_and_evaluate`.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from stlight_jax import runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/mmnist.py:S.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detect).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+runtime.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -30,24 +29,12 @@ def main(argv):
     from stlight_jax.train import quiet_library_logs
 
     quiet_library_logs()
-    import jax
-
-    if FLAGS.coordinator_address or FLAGS.distributed:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
+    runtime.initialize_distributed_from_flags()
     from stlight_jax.train import train_and_evaluate
 
-    logging.info(
-        "process %d/%d, devices %s", jax.process_index(), jax.process_count(), jax.devices()
-    )
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    from stlight_jax import runtime
-
     runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
     app.run(main)

@@ -1,4 +1,5 @@
-"""Process-wide memory settings for CPU runs, for entry points (train.py, evaluate.py, benchmarks).
+"""Process-wide settings for the entry points (train.py, evaluate.py, benchmarks): joining a
+multi-process run, and glibc malloc settings for CPU runs.
 
 XLA:CPU allocates one temp block per executable call on a worker thread (2.8 GB for the MMNIST-S
 train step at batch 4), and glibc maps it fresh and unmaps it every call: with 4 KB pages each
@@ -17,6 +18,34 @@ import ctypes
 import ctypes.util
 import os
 import sys
+
+
+def define_distributed_flags() -> None:
+    """The absl flags with which train.py and evaluate.py join a multi-process run."""
+    from absl import flags
+
+    flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detect).")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+    flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+
+
+def initialize_distributed_from_flags() -> None:
+    """Calls jax.distributed.initialize() when those flags ask for it, then logs the layout."""
+    import jax
+    from absl import flags, logging
+
+    f = flags.FLAGS
+    if f.coordinator_address or f.distributed:
+        jax.distributed.initialize(
+            coordinator_address=f.coordinator_address,
+            num_processes=f.num_processes,
+            process_id=f.process_id,
+        )
+    logging.info(
+        "process %d/%d, devices %s", jax.process_index(), jax.process_count(), jax.devices()
+    )
+
 
 HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
 OPT_OUT_ENV = "STLIGHT_JAX_DEFAULT_MALLOC"  # =1: leave glibc's malloc as it is
