@@ -140,4 +140,7 @@ def _default_out(out: dict) -> Path:
 
 
 if __name__ == "__main__":
+    from stlight_jax import runtime
+
+    runtime.reexec_with_malloc_hugepages()  # as evaluate.py does
     main()
