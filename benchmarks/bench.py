@@ -470,19 +470,24 @@ def main(argv: list[str] | None = None) -> dict:
     if len(rows) > 1:
         print(format_table(rows, result))
     if not args.no_json:
-        out = Path(args.out) if args.out else _default_out(result)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        print(f"wrote {out}")
+        write_result(result, args.out)
     return result
 
 
-def _default_out(result: dict) -> Path:
-    date = result["date"][:10]
-    machine = result["machine"]
-    kind = machine["backend"] if machine["backend"] != "cpu" else f"cpu{machine['cpu_count']}"
-    name = f"{socket.gethostname().split('.')[0]}-{kind}-{date}.json"
-    return ROOT / "benchmarks" / "results" / name
+def write_result(result: dict, out: str | None, suffix: str = "") -> Path:
+    """Writes a run's JSON to `out`, by default results/<host>-<backend or cpuN>-<date><suffix>.json
+    (shared with eval_throughput.py); needs result['date'] and result['machine']."""
+    if out:
+        path = Path(out)
+    else:
+        machine = result["machine"]
+        kind = machine["backend"] if machine["backend"] != "cpu" else f"cpu{machine['cpu_count']}"
+        name = f"{socket.gethostname().split('.')[0]}-{kind}-{result['date'][:10]}{suffix}.json"
+        path = ROOT / "benchmarks" / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"wrote {path}")
+    return path
 
 
 def format_table(rows: list[tuple[int, dict]], result: dict) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import socket
@@ -57,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     import jax
     from flax import nnx
 
+    from benchmarks.bench import write_result
     from stlight_jax import train
     from stlight_jax.convert import load_config
 
@@ -125,18 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{out['sequences_per_s']:.1f} sequences/s"
     )
     if not args.no_json:
-        dest = Path(args.out) if args.out else _default_out(out)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(json.dumps(out, indent=1, default=str) + "\n")
-        print(f"wrote {dest}")
+        write_result(out, args.out, suffix="-eval")
     return out
-
-
-def _default_out(out: dict) -> Path:
-    mach = out["machine"]
-    kind = mach["backend"] if mach["backend"] != "cpu" else f"cpu{mach['cpu_count']}"
-    name = f"{socket.gethostname().split('.')[0]}-{kind}-{out['date'][:10]}-eval.json"
-    return ROOT / "benchmarks" / "results" / name
 
 
 if __name__ == "__main__":
