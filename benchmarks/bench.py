@@ -91,6 +91,9 @@ class Case:
     # probed after timing: an AOT compile before the first call could pre-empt its compile.
     xla_memory_probe: Callable[[], float | None] | None = None
     xla_memory_mb: float | None = None
+    # JAX: executables the jitted function holds after timing (1: no call recompiled it).
+    count_compiles: Callable[[], int] | None = None
+    compiles: int | None = None
 
     def summary(self) -> dict[str, Any]:
         if self.error is not None:
@@ -107,6 +110,7 @@ class Case:
             "peak_mem_mb": self.peak_mb,
             "device_peak_mb": self.device_peak_mb,
             "xla_memory_mb": self.xla_memory_mb,
+            "compiles": self.compiles,
         }
         if self.name.endswith("train step") and self.batch == 16:  # the paper's batch
             out["paper_schedule_h"] = med * PAPER_STEPS / 3600
@@ -247,7 +251,7 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
     compute = "bfloat16" if args.precision == "bf16" else "float32"
     model = create_model(cfg, seed=0, dtype=compute)
     tx = optax.adam(args.lr)
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    xj = jnp.asarray(x)
     info = {
         "jax": jax.__version__,
         "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
@@ -274,8 +278,12 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
 
     _, state = train_lib.split_model(model, tx)
     step = train_lib.make_train_step(graphdef, tx, lambda s: args.lr)
-    jitted = train_lib.jit_train_step(step, train_lib.create_mesh(jax.devices()[:1]))
-    batch = {"inputs": xj, "targets": yj}
+    mesh = train_lib.create_mesh(jax.devices()[:1])
+    jitted = train_lib.jit_train_step(step, mesh)
+    # Placed as train.py places them: the step's outputs are committed to the mesh, and
+    # uncommitted first inputs would make the second call compile the step again.
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    batch = train_lib.global_batch({"inputs": x, "targets": y}, mesh)
     holder = {"state": state}
 
     def step_fn():
@@ -297,6 +305,8 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
     ]
     cases[0].xla_memory_probe = lambda: _xla_memory_mb(forward, fwd_params, fwd_stats, xj)
     cases[1].xla_memory_probe = lambda: _xla_memory_mb(jitted, holder["state"], batch)
+    cases[0].count_compiles = forward._cache_size  # private, but the only count jax gives
+    cases[1].count_compiles = jitted._cache_size
     return cases, info
 
 
@@ -428,6 +438,8 @@ def main(argv: list[str] | None = None) -> dict:
         _time_interleaved(cases, args.warmup, args.repeats)
         for c in cases:
             c.peak_mb = peaks[c.name]
+            if c.count_compiles and c.error is None:
+                c.compiles = c.count_compiles()
             if c.xla_memory_probe and c.error is None:
                 c.xla_memory_mb = c.xla_memory_probe()
         summaries = {c.name: c.summary() for c in cases}

@@ -356,6 +356,11 @@ def main(argv: list[str] | None = None) -> dict:
                             flush=True,
                         )
                         versions.update(rnd[side].get("versions", {}))
+                        if args.out:  # raw so far, should a time limit stop the driver
+                            now = {"batch": b, "rounds": [*rounds, rnd]}
+                            partial = {**result, "partial": True, "peaks": peaks,
+                                       "runs": [*result["runs"], now]}  # fmt: skip
+                            Path(args.out).write_text(json.dumps(partial, default=str))
                     rounds.append(rnd)
                 result["runs"].append({"batch": b, "rounds": rounds})
             good = [pk for pk in peaks if "best_gflops" in pk]

@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import shutil
 import socket
 import subprocess
@@ -45,10 +46,11 @@ CANDIDATES: dict[str, dict[str, object]] = {
 }
 
 
-def run_candidate(name: str, overrides: dict, workroot: Path, config: str) -> dict:
+def run_candidate(name: str, overrides: dict, workroot: Path, config: str, reuse: bool) -> dict:
     workdir = workroot / name
-    if workdir.exists():  # a sweep measures fresh runs, never a resumed one
-        shutil.rmtree(workdir)
+    finished = (workdir / "test_metrics.json").exists()
+    if workdir.exists() and not (reuse and finished):
+        shutil.rmtree(workdir)  # a sweep measures fresh runs, never a resumed one
     flags = {
         "eval_every_epochs": 0,  # validate once, after the last epoch
         "data.num_test": 500,  # the final test pass is not what is compared
@@ -57,11 +59,18 @@ def run_candidate(name: str, overrides: dict, workroot: Path, config: str) -> di
     }
     cmd = [sys.executable, str(ROOT / "train.py"), f"--config={config}", f"--workdir={workdir}"]
     cmd += [f"--config.{k}={v}" for k, v in flags.items()]
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        return {"name": name, "overrides": overrides, "error": proc.stderr[-2000:]}
+    wall = cpu = None
+    if not (reuse and finished):
+        t = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall = time.perf_counter() - t
+        # CPU seconds (user + system) of the whole run: on a machine shared with other jobs
+        # this moves less with the load than wall time does.
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if proc.returncode != 0:
+            return {"name": name, "overrides": overrides, "error": proc.stderr[-2000:]}
     test = json.loads((workdir / "test_metrics.json").read_text())
     val_mse = None
     steps = None
@@ -77,7 +86,9 @@ def run_candidate(name: str, overrides: dict, workroot: Path, config: str) -> di
         "steps": steps,
         "train_seconds": test["train_seconds"],
         "steps_per_s": steps / test["train_seconds"] if steps else None,
-        "wall_seconds": wall,
+        "wall_seconds": wall,  # None: read back (--reuse)
+        "cpu_seconds": cpu,
+        "loadavg_after": os.getloadavg(),
         "test_mse_500": test["model"]["mse"],
         "test_ssim_500": test["model"]["ssim"],
     }
@@ -90,6 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workroot", default=str(ROOT / "runs" / "quickstart_sweep"))
     p.add_argument("--time-slack", type=float, default=1.25)
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--reuse", action="store_true", help="read runs already finished in --workroot"
+    )
     args = p.parse_args(argv)
     names = args.only or list(CANDIDATES)
     result = {
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.bench import write_result
 
     for name in names:
-        r = run_candidate(name, CANDIDATES[name], Path(args.workroot), args.config)
+        r = run_candidate(name, CANDIDATES[name], Path(args.workroot), args.config, args.reuse)
         result["runs"].append(r)
         print(json.dumps(r), flush=True)
         write_result(result, args.out, suffix="-quickstart-sweep")

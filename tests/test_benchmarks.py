@@ -36,6 +36,8 @@ def test_bench_times_both_frameworks_and_writes_json(tmp_path, capsys):
         assert len(c["times_s"]) == 2 and c["median_s"] > 0 and c["compile_s"] > 0
         assert c["samples_per_s"] == 2 / c["median_s"]
     step = cases["stlight-jax train step"]
+    # One executable each: the timed calls never recompiled (uncommitted first inputs did).
+    assert step["compiles"] == 1 and cases["stlight-jax forward"]["compiles"] == 1
     assert "paper_schedule_h" not in step  # only at the paper's batch of 16
     # XLA's accounting of the train step covers at least params + Adam's two moments.
     assert step["xla_memory_mb"] > cases["stlight-jax forward"]["xla_memory_mb"] > 0
