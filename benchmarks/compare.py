@@ -144,7 +144,8 @@ def measure_peak(args, round_index: int, env: dict, log, tmp: Path) -> list[dict
 def run_side(args, side: str, batch: int, env: dict, log, tmp: Path, tag: str) -> dict:
     path = tmp / f"{side}-{batch}-{tag}.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--side", side,
-           "--batch", str(batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--batch", str(batch), "--repeats", str(args.repeats[batch]),
+           "--warmup", str(args.warmup),
            "--size", args.size, "--depth", str(args.depth), "--precision", args.precision,
            "--matmul-precision", args.matmul_precision, "--conv-impl", args.conv_impl,
            "--malloc", args.malloc, "--out", str(path)]  # fmt: skip
@@ -227,7 +228,8 @@ def format_table(result: dict) -> str:
     lines = [
         f"MMNIST-{result['size']} dim={result['config']['dim']} depth={result['config']['depth']} "
         f"{result['precision']}, {m['backend']} ({m['cpu']}, {m['cpu_count']} cores), "
-        f"{result['rounds']} rounds x {result['repeats']} repeats, malloc {result['malloc']}",
+        f"rounds {result['rounds']} x repeats {result['repeats']} per batch, "
+        f"malloc {result['malloc']}",
         f"matmul peak ({peak['precision']}, n={peak['n']}): {peak['gflops']:.1f} GFLOP/s "
         f"(best of {peak['measurements']} processes; median {peak['median_gflops']:.1f})",
         f"{'batch':>5} {'case':28s} {'median ms':>10} {'min ms':>9} {'first s':>8} "
@@ -263,8 +265,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--depth", type=int, default=16)
     p.add_argument("--batch", type=int, nargs="+", default=None, help="CPU: 4 16; GPU: 16")
     p.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
-    p.add_argument("--rounds", type=int, default=3, help="fresh processes per side and batch")
-    p.add_argument("--repeats", type=int, default=2, help="timed runs per process")
+    p.add_argument(
+        "--rounds", type=int, nargs="+", default=[2], help="fresh processes per side (per batch)"
+    )
+    p.add_argument(
+        "--repeats", type=int, nargs="+", default=[2], help="timed runs per process (per batch)"
+    )
     p.add_argument("--warmup", type=int, default=0, help="untimed runs after the first call")
     p.add_argument("--precision", default="float32", choices=["float32", "bf16"])
     p.add_argument("--matmul-precision", default="default", choices=["default", "highest"])
@@ -282,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     p.add_argument("--log", default=None, help="workers' output (default: the JSON's .log)")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.repeats < 1:
+    if min(args.rounds) < 1 or min(args.repeats) < 1:
         p.error("--rounds and --repeats must be >= 1")
     if args.peak_worker:
         res = matmul_peak_worker(
@@ -299,6 +305,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     backend = jax.default_backend()
     batches = args.batch or ([4, 16] if backend == "cpu" else [16])
+    for name in ("rounds", "repeats"):
+        values = getattr(args, name)
+        if len(values) not in (1, len(batches)):
+            p.error(f"--{name}: give one value, or one per batch ({len(batches)})")
+        per_batch = values * len(batches) if len(values) == 1 else values
+        setattr(args, name, dict(zip(batches, per_batch, strict=True)))
     args.peak_n = args.peak_n or (3072 if backend == "cpu" else 8192)
     if args.peak_precision is None:
         args.peak_precision = "bf16" if args.precision == "bf16" else (
@@ -325,8 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": args.precision,
         "matmul_precision": args.matmul_precision,
         "malloc": args.malloc,
-        "rounds": args.rounds,
-        "repeats": args.repeats,
+        "rounds": {str(b): n for b, n in args.rounds.items()},
+        "repeats": {str(b): n for b, n in args.repeats.items()},
         "warmup": args.warmup,
         "train_flops_per_forward": TRAIN_FLOPS_PER_FORWARD,
         "runs": [],
@@ -341,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
             versions: dict[str, Any] = {}
             for b in batches:
                 rounds = []
-                for r in range(args.rounds):
+                for r in range(args.rounds[b]):
                     peaks += measure_peak(args, len(peaks), env, log, tmp)
                     k = r % len(args.sides)
                     order = args.sides[k:] + args.sides[:k]  # rotated: no side always first
@@ -350,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
                         t = time.perf_counter()
                         rnd[side] = run_side(args, side, b, env, log, tmp, f"r{r}")
                         print(
-                            f"batch {b} round {r + 1}/{args.rounds} {side:13s} "
+                            f"batch {b} round {r + 1}/{args.rounds[b]} {side:13s} "
                             f"{time.perf_counter() - t:6.1f} s"
                             + (" FAILED" if "error" in rnd[side] else ""),
                             flush=True,

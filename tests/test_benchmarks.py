@@ -114,7 +114,7 @@ def test_compare_runs_each_side_in_its_own_process(tmp_path, capsys):
          "--malloc", "default", "--out", str(out)]
     )  # fmt: skip
     saved = json.loads(out.read_text())
-    assert saved["rounds"] == 2 and (tmp_path / "compare.log").exists()
+    assert saved["rounds"] == {"2": 2} and (tmp_path / "compare.log").exists()
     run = saved["runs"][0]
     # Every round started one process per side: each round's JSON holds one framework.
     for rnd in run["per_round"]:
@@ -136,3 +136,33 @@ def test_compare_runs_each_side_in_its_own_process(tmp_path, capsys):
     assert "stlight-jax: train step / forward" in run["ratios"]
     assert "% peak" in capsys.readouterr().out
     assert result["wall_s"] > 0
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_trains_both_sides_from_the_same_start(tmp_path):
+    from benchmarks import time_to_accuracy
+    from tests import tiny_config
+
+    data = tiny_config.write_data(str(tmp_path / "tiny.npz"))
+    out = tmp_path / "tta.json"
+    result = time_to_accuracy.main(
+        ["--config", os.path.join(ROOT, f"tests/tiny_config.py:{data}"), "--budget", "2",
+         "--eval-every", "1", "--num-val", "8", "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert set(saved["sides"]) == {"jax", "torch"}
+    assert "error" not in saved["sides"]["jax"], saved["sides"]["jax"]
+    assert saved["same_first_batch"] is True
+    assert (tmp_path / "tta.png").stat().st_size > 0
+    jax_side, torch_side = saved["sides"]["jax"], saved["sides"]["torch"]
+    # The same converted initial weights: identical val MSE before the first step.
+    assert jax_side["curve"][0]["val_mse"] == pytest.approx(
+        torch_side["curve"][0]["val_mse"], rel=1e-4
+    )
+    for side in (jax_side, torch_side):
+        assert "error" not in side, side
+        assert side["steps"] >= 1 and side["val_sequences"] == 8
+        assert side["curve"][-1]["step"] == side["steps"]
+        # it stopped on its budget or at the schedule's end, never past either
+        assert side["train_seconds"] - side["first_step_s"] < 2 + side["curve"][-1]["seconds"]
+    assert result["budget_s"] == 2
