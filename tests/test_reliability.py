@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from stlight_jax import checkpoint, convert, train
+from stlight_jax import checkpoint, convert, data, train
 from stlight_jax.models import create_model
 from tests import tiny_config
 from tests.test_train import abstract_state, read_jsonl, train_steps
@@ -74,3 +74,49 @@ def test_bfloat16_init_from_trains_in_float32_and_resumes(config, tmp_path):
     assert {"step": 4, "resumed_from_step": 4} in records
     assert train_steps(records) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert not os.path.exists(os.path.join(workdir, checkpoint.UNREADABLE_DIR))
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite data is refused at load, naming the file, the split and the first bad index.
+
+
+def test_nan_in_custom_val_split_is_refused(config, tmp_path):
+    with np.load(config.data.path) as z:
+        parts = {k: z[k].copy() for k in z.files}
+    parts["val"][5, 2, 3, 4, 0] = np.nan
+    parts["val"][6, 0, 0, 0, 0] = np.inf
+    np.savez(config.data.path, **parts)
+    with pytest.raises(ValueError) as err:
+        data.steps_per_epoch(config)
+    msg = str(err.value)
+    assert "data.npz: val" in msg and "sample 5" in msg and "(5, 2, 3, 4, 0)" in msg
+    assert "nan" in msg and "\n" not in msg
+
+
+def test_inf_in_lone_custom_array_is_refused(config, tmp_path):
+    with np.load(config.data.path) as z:
+        train_part = z["train"].copy()
+    train_part[31, 7, 15, 15, 0] = -np.inf
+    config.data.path = str(tmp_path / "lone.npy")
+    np.save(config.data.path, train_part)
+    with pytest.raises(ValueError, match=r"lone.npy .*train part, sample 31 .*-inf.*\(31, 7"):
+        data.steps_per_epoch(config)
+
+
+def test_nan_in_taxibj_is_refused(tmp_path):
+    from configs.common import get_base_config
+
+    rng = np.random.default_rng(1)
+    arrays = {
+        f"{xy}_{s}": rng.uniform(-1, 1, (n, 4, 2, 32, 32)).astype(np.float32)
+        for s, n in (("train", 6), ("test", 3))
+        for xy in "XY"
+    }
+    arrays["Y_test"][2, 1, 0, 7, 9] = np.nan
+    path = str(tmp_path / "dataset.npz")
+    np.savez(path, **arrays)
+    c = get_base_config()
+    c.data.name, c.data.path, c.data.num_val = "taxibj", path, 2
+    c.model.frames_in, c.model.frames_out, c.model.image_size, c.model.channels = 4, 4, (32, 32), 2
+    with pytest.raises(ValueError, match=r"dataset.npz: Y_test: sample 2 .*nan.*\(2, 1, 0, 7, 9\)"):
+        data.steps_per_epoch(c)
