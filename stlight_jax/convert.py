@@ -28,6 +28,14 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _is_floating(dtype: np.dtype) -> bool:
+    """True for every floating dtype, ml_dtypes' bfloat16 and float8s included (their numpy
+    kind is 'V', not 'f')."""
+    import jax.numpy as jnp
+
+    return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
 def _check_keys(state_dict: Mapping[str, Any], cfg: ModelConfig, source: str) -> None:
     expected = expected_torch_shapes(cfg)
     missing = sorted(set(expected) - set(state_dict), key=_key_order(expected))
@@ -89,7 +97,9 @@ def state_dict_to_variables(
             continue
         coll, path, index = entry.collection, entry.path, entry.index
         value = entry.kind.to_ours(state_dict[entry.torch_key])
-        if value.dtype.kind == "f":
+        if _is_floating(value.dtype):
+            # Parameters, BatchNorm statistics and hence Adam state are float32 whatever the
+            # file holds: a bfloat16 model would not restore into the float32 resume target.
             value = value.astype(np.float32, copy=False)
         if index is None:
             _set(out[coll], path, value)
