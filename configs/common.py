@@ -32,7 +32,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # Data. `batch_size` is the global batch (split over processes and devices).
     config.data = ml_collections.ConfigDict()
-    config.data.name = "mmnist"  # 'mmnist' | 'taxibj' | 'kth' | 'custom'
+    config.data.name = "mmnist"  # 'mmnist' | 'taxibj' | 'kth' | 'kitticaltech' | 'custom'
     config.data.data_dir = "data"  # where datasets live and generated sets are cached
     config.data.batch_size = 16
     config.data.eval_batch_size = 16
@@ -43,7 +43,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.mnist_path = ""  # optional user MNIST (idx files dir / .npz)
     config.data.tfds_dir = ""  # optional prepared TFDS data_dir
     config.data.test_file = ""  # optional mnist_test_seq.npy (the paper's test set)
-    config.data.path = ""  # taxibj dataset.npz / kth root / custom .npy|.npz
+    config.data.path = ""  # taxibj dataset.npz / kth or kitticaltech root / custom .npy|.npz
     config.data.layout = "NTHWC"  # custom arrays: 'NTHWC' | 'NTCHW'
     config.data.value_range = (0.0, 1.0)  # custom arrays: declared range of the stored values
     config.data.worker_count = 0  # grain worker processes (0: in-process)
