@@ -41,8 +41,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.num_val = 1_000  # Moving MNIST: fixed held-out validation sequences
     config.data.num_test = 10_000  # Moving MNIST: fixed test sequences (MNIST test digits)
     config.data.mnist_path = ""  # optional user MNIST (idx files dir / .npz)
-    config.data.tfds_dir = ""  # optional prepared TFDS data_dir
+    config.data.tfds_dir = ""  # prepared TFDS data_dir (ArrayRecord): mnist digits, moving_mnist
     config.data.test_file = ""  # optional mnist_test_seq.npy (the paper's test set)
+    config.data.test_source = "auto"  # Moving MNIST test set: 'auto' (test_file, else generated)
+    # | 'tfds' (TFDS moving_mnist in tfds_dir: the sequences of mnist_test_seq.npy)
     config.data.path = ""  # taxibj dataset.npz / kth or kitticaltech root / custom .npy|.npz
     config.data.layout = "NTHWC"  # custom arrays: 'NTHWC' | 'NTCHW'
     config.data.value_range = (0.0, 1.0)  # custom arrays: declared range of the stored values
