@@ -29,6 +29,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.k2 = 7  # dilated depthwise kernel
     config.model.dilation = 3  # dilation of the k2 conv
     config.model.conv_impl = "auto"  # depthwise conv formulation: 'auto' | 'lax' | 'shifted'
+    # The paper's ablations (configs/ablations.py); the defaults are the paper's model.
+    config.model.init = "hybrid"  # 'hybrid' | 'kaiming_normal' | 'kaiming_uniform' (appendix D)
+    config.model.decoder = "shuffle_reassemble"  # | 'reassemble_shuffle' (appendix F)
+    config.model.skip = "thirds"  # 'thirds' | 'fifths' | 'none' (Table 4)
 
     # Data. `batch_size` is the global batch (split over processes and devices).
     config.data = ml_collections.ConfigDict()

@@ -138,11 +138,15 @@ def expected_torch_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The Figure 10 state_dict keys for `cfg` and their shapes."""
     d, k, kp = cfg.dim, cfg.k1, cfg.encoder_kernel
     t_in, t_out = cfg.frames_in * cfg.channels, cfg.frames_out * cfg.channels
+    if cfg.decoder == "reassemble_shuffle":  # the 1x1 conv runs before the shuffle
+        reassemble_out, reassemble_in = t_out * cfg.patch**2, d
+    else:
+        reassemble_out, reassemble_in = t_out, d // cfg.patch**2
     shapes = {
         "patch_encoder.0.weight": (d, t_in, kp, kp),
         "patch_encoder.0.bias": (d,),
-        "patch_reassemble.weight": (t_out, d // cfg.patch**2, 1, 1),
-        "patch_reassemble.bias": (t_out,),
+        "patch_reassemble.weight": (reassemble_out, reassemble_in, 1, 1),
+        "patch_reassemble.bias": (reassemble_out,),
     }
     bn = {
         "weight": (d,),

@@ -40,13 +40,19 @@ def model_size(cfg: ModelConfig) -> ModelSize:
     encoder_params = t_in * d * kp * kp + d + bn
     depthwise_params = d * cfg.k1**2 + d + d * cfg.k2**2 + d
     block_params = depthwise_params + bn + d * d + d + bn
-    reassemble_params = d_up * t_out + t_out
+    if cfg.decoder == "reassemble_shuffle":  # 1x1 conv d -> T'*C*p^2 on the latent grid
+        reassemble_params = d * t_out * p * p + t_out * p * p
+    else:
+        reassemble_params = d_up * t_out + t_out
     params = encoder_params + cfg.depth * block_params + reassemble_params
 
     encoder_macs = latent * d * t_in * kp * kp
     pointwise_macs = latent * d * d
     depthwise_macs = latent * d * (cfg.k1**2 + cfg.k2**2)
-    reassemble_macs = h * w * d_up * t_out
+    if cfg.decoder == "reassemble_shuffle":
+        reassemble_macs = latent * d * t_out * p * p
+    else:
+        reassemble_macs = h * w * d_up * t_out
     bn_flops = 2 * latent * d
 
     fvcore = encoder_macs + bn_flops + cfg.depth * (pointwise_macs + 2 * bn_flops)
