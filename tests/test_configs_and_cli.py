@@ -20,6 +20,7 @@ SPECS += [f"configs/taxibj.py:{s}" for s in ("S", "M", "L")]
 SPECS += [f"configs/kth.py:{s}" for s in ("S", "M", "L", "XL")] + ["configs/custom.py"]
 SPECS += [f"configs/kth40.py:{s}" for s in ("S", "M", "L", "XL")]
 SPECS += [f"configs/kitticaltech.py:{s}" for s in ("0.1M", "0.5M", "1M", "3M", "6M", "15M")]
+SPECS += ["configs/ablations.py:no_skip,XS", "configs/ablations.py:reassemble_shuffle"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -39,6 +40,22 @@ def test_unknown_size_is_an_error():
     for name in ("kth40", "kitticaltech"):
         with pytest.raises(ValueError, match=f"configs/{name}.py: unknown size 'XXL'"):
             load_config(os.path.join(ROOT, f"configs/{name}.py:XXL"))
+
+
+def test_ablation_rows_change_one_switch_of_the_mmnist_config():
+    from configs import ablations
+
+    for row, switch in ablations.ROWS.items():
+        for size in ablations.SIZES:
+            c = load_config(os.path.join(ROOT, f"configs/ablations.py:{row},{size}"))
+            base = load_config(os.path.join(ROOT, f"configs/mmnist.py:{size}"))
+            assert c.model.to_dict() == {**base.model.to_dict(), **switch}, (row, size)
+            assert c.optimizer.to_dict() == base.optimizer.to_dict()
+    assert load_config(os.path.join(ROOT, "configs/ablations.py:no_skip")).model.dim == 1000
+    with pytest.raises(ValueError, match="configs/ablations.py: unknown row 'skip'"):
+        load_config(os.path.join(ROOT, "configs/ablations.py:skip"))
+    with pytest.raises(ValueError, match="configs/ablations.py: unknown size 'cpu'"):
+        load_config(os.path.join(ROOT, "configs/ablations.py:no_skip,cpu"))
 
 
 def test_kitticaltech_sizes_span_figure_4_with_the_stated_counts():
