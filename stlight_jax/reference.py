@@ -1,7 +1,7 @@
 """The PyTorch reference model, transcribed from the paper's Figure 10 (for tests and conversion).
 
 Module names match the paper's listing so `state_dict()` keys are the ones users' checkpoints
-carry (REFERENCE.md section 1). Two fixes relative to the printed listing: the decoder runs
+carry (docs/conventions.md §1). Two fixes relative to the printed listing: the decoder runs
 once after the block loop (the listing's indentation puts it inside), and the dilation of the
 k2 conv is a parameter (3 in the paper). The paper's ablations are switches with the
 paper's model as default: `init` (appendix D), `decoder` (appendix F) and `skip` (Table 4).

@@ -13,7 +13,7 @@ import pytest
 from conftest import from_torch_video, max_rel_err, randomize_reference, to_torch_video
 from flax import nnx
 
-from stlight_jax import convert
+from stlight_jax import convert, layout
 from stlight_jax.model_size import count_params, model_size
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.reference import build_reference, reference_from_config
@@ -117,7 +117,7 @@ def test_reassemble_shuffle_sizes_and_weights_round_trip():
     cfg = CASES["reassemble_shuffle"]
     model = create_model(cfg)
     assert count_params(model) == model_size(cfg).params
-    shapes = convert.expected_torch_shapes(cfg)
+    shapes = layout.expected_torch_shapes(cfg)
     assert shapes["patch_reassemble.weight"] == (2 * 2 * 4, 10, 1, 1)  # T'*C*p^2 from d
     ref = reference_from_config(cfg)
     assert {k: tuple(v.shape) for k, v in ref.state_dict().items()} == shapes

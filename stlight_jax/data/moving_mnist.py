@@ -1,6 +1,6 @@
 """Moving MNIST exactly as OpenSTL generates it, made random-access: sequence = f(seed, epoch, i).
 
-The process (REFERENCE.md section 5): per digit uniform x, y and theta, velocity (cos, sin),
+The process (docs/conventions.md §5): per digit uniform x, y and theta, velocity (cos, sin),
 step 0.1 on a (size - 28) px canvas, advance before recording a frame, clamp and flip at the
 walls, offset int(canvas * pos), overlay by max, values / 255.
 """
