@@ -120,15 +120,21 @@ def parameter_layout(cfg: ModelConfig) -> tuple[Entry, ...]:
     ]
     for i in range(cfg.depth):
         entries += _mixer_block(i, cfg)
+    # decoder='reassemble_shuffle' (appendix F): the 1x1 conv maps d -> T'*C*p^2 before the
+    # shuffle instead of d/p^2 -> T'*C after it.
+    if cfg.decoder == "reassemble_shuffle":
+        r_out, r_in = t_out * cfg.patch**2, d
+    else:
+        r_out, r_in = t_out, d_up
     entries += [
         _param(
             "patch_reassemble.weight",
             "patch_reassemble/kernel",
             None,
-            (t_out, d_up, 1, 1),
+            (r_out, r_in, 1, 1),
             POINTWISE,
         ),
-        _param("patch_reassemble.bias", "patch_reassemble/bias", None, (t_out,)),
+        _param("patch_reassemble.bias", "patch_reassemble/bias", None, (r_out,)),
     ]
     return tuple(entries)
 

@@ -41,7 +41,10 @@ def model_size(cfg: ModelConfig) -> ModelSize:
     encoder_macs = latent * d * t_in * kp * kp
     pointwise_macs = latent * d * d
     depthwise_macs = latent * d * (cfg.k1**2 + cfg.k2**2)
-    reassemble_macs = h * w * d_up * t_out
+    if cfg.decoder == "reassemble_shuffle":  # 1x1 conv d -> T'*C*p^2 on the latent grid
+        reassemble_macs = latent * d * t_out * p * p
+    else:
+        reassemble_macs = h * w * d_up * t_out
     bn_flops = 2 * latent * d
 
     fvcore = encoder_macs + bn_flops + cfg.depth * (pointwise_macs + 2 * bn_flops)
