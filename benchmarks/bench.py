@@ -242,8 +242,7 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
     import optax
     from flax import nnx
 
-    from stlight_jax import ops
-    from stlight_jax import train as train_lib
+    from stlight_jax import ops, sharding, steps
     from stlight_jax.models import create_model
 
     if args.matmul_precision == "highest":
@@ -276,21 +275,20 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
         m = nnx.merge(graphdef, params, batch_stats, copy=True)
         return m(inputs, use_running_average=True)
 
-    _, state = train_lib.split_model(model, tx)
-    step = train_lib.make_train_step(graphdef, tx, lambda s: args.lr)
-    mesh = train_lib.create_mesh(jax.devices()[:1])
-    jitted = train_lib.jit_train_step(step, mesh)
+    _, state = steps.split_model(model, tx)
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    jitted = steps.create_train_step(graphdef, tx, lambda s: args.lr, mesh)
     # Placed as train.py places them: the step's outputs are committed to the mesh, and
     # uncommitted first inputs would make the second call compile the step again.
-    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    batch = train_lib.global_batch({"inputs": x, "targets": y}, mesh)
+    state = sharding.replicate(state, mesh)
+    batch = sharding.global_batch({"inputs": x, "targets": y}, mesh)
     holder = {"state": state}
 
     def step_fn():
         holder["state"], out = jitted(holder["state"], batch)
         out["loss"].block_until_ready()
 
-    info["train_step"] = "stlight_jax.train.make_train_step"
+    info["train_step"] = "stlight_jax.steps.create_train_step"
 
     def fwd_fn():
         forward(fwd_params, fwd_stats, xj).block_until_ready()

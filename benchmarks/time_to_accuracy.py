@@ -64,49 +64,40 @@ class _Jax:
     def __init__(self, config, weights: str, steps_per_epoch: int):
         import jax
 
-        from stlight_jax import convert, schedules, train
+        from stlight_jax import config_io, convert, optim, schedules, sharding, steps
         from stlight_jax.models import create_model
 
-        self.jax, self.train = jax, train
-        cfg = train.model_config(config)
-        model = create_model(cfg, seed=config.seed)
+        self.sharding = sharding
+        model = create_model(config_io.model_config(config), seed=config.seed)
         convert.load_into_model(model, convert.load_state_dict_file(weights))
-        tx = schedules.create_optimizer(config, steps_per_epoch)
-        lr_fn, _ = schedules.create_schedules(config, steps_per_epoch)
-        self.graphdef, state = train.split_model(model, tx)
-        self.mesh = train.create_mesh(jax.devices()[:1])
-        rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.state = jax.device_put(state, rep)
-        self.step_fn = train.jit_train_step(
-            train.make_train_step(self.graphdef, tx, lr_fn), self.mesh
-        )
-        graphdef = self.graphdef
-
-        @jax.jit
-        def predict(params, batch_stats, inputs):
-            return train.apply_model(graphdef, params, batch_stats, inputs, train=False)[0]
-
-        self.predict_fn = predict
+        scheds = schedules.create_schedules(config, steps_per_epoch)
+        tx = optim.create_optimizer(config, scheds)
+        graphdef, state = steps.split_model(model, tx)
+        self.mesh = sharding.create_mesh(jax.devices()[:1])
+        self.state = sharding.replicate(state, self.mesh)  # as train.py: no second compile
+        self.step_fn = steps.create_train_step(graphdef, tx, scheds.lr, self.mesh)
+        self.forward = steps.create_forward(graphdef, self.mesh)
 
     def step(self, batch) -> float:
-        self.state, m = self.step_fn(self.state, self.train.global_batch(batch, self.mesh))
+        self.state, m = self.step_fn(self.state, self.sharding.global_batch(batch, self.mesh))
         return float(m["loss"])  # blocks: the clock sees the whole step
 
     def predict(self, inputs: np.ndarray) -> np.ndarray:
         s = self.state
-        return np.asarray(self.predict_fn(s["params"], s["batch_stats"], inputs))
+        x = self.sharding.global_batch({"inputs": inputs}, self.mesh)["inputs"]
+        return np.asarray(self.forward(s["params"], s["batch_stats"], x))
 
 
 class _Torch:
     def __init__(self, config, weights: str, total_steps: int, threads: int):
         import torch
 
-        from stlight_jax import convert, train
+        from stlight_jax import config_io, convert
         from stlight_jax.reference import reference_from_config
 
         torch.set_num_threads(threads)
         self.torch = torch
-        self.model = reference_from_config(train.model_config(config))
+        self.model = reference_from_config(config_io.model_config(config))
         sd = convert.load_state_dict_file(weights)
         self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
         opt = config.optimizer
@@ -150,9 +141,9 @@ class _Torch:
 
 def worker(args) -> dict:
     """One side: trains for `args.budget` seconds of training time, evaluating on the way."""
-    from stlight_jax import convert, data
+    from stlight_jax import config_io, data
 
-    config = convert.load_config(args.config)
+    config = config_io.load_config(args.config)
     config.data.num_val = args.num_val
     config.data.data_dir = args.data_dir
     per_epoch = data.steps_per_epoch(config)
@@ -253,11 +244,11 @@ def main(argv: list[str] | None = None) -> dict:
         return res
 
     from benchmarks.bench import _cpu_model, write_result
-    from stlight_jax import convert, runtime, train
+    from stlight_jax import config_io, convert, runtime
     from stlight_jax.models import create_model
 
     try:
-        config = convert.load_config(args.config)
+        config = config_io.load_config(args.config)
     except (ValueError, FileNotFoundError) as e:
         p.error(f"--config {args.config}: {e}")
     result: dict[str, Any] = {
@@ -283,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["glibc_tunables"] = env.get("GLIBC_TUNABLES", "")
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "init.safetensors")
-        model = create_model(train.model_config(config), seed=config.seed)
+        model = create_model(config_io.model_config(config), seed=config.seed)
         convert.save_state_dict_file(convert.model_state_dict(model), weights)
         for side in args.sides:
             out = os.path.join(tmp, f"{side}.json")
