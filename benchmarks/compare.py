@@ -222,6 +222,37 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
     return {"batch": batch, "cases": cases, "ratios": ratios}
 
 
+def finish(result: dict, peaks: list[dict], cfg) -> None:
+    """Turns the raw rounds of `result['runs']` into the summary: peak, medians, ratios."""
+    good = [pk for pk in peaks if "best_gflops" in pk]
+    peak = max((pk["best_gflops"] for pk in good), default=None)
+    result["matmul_peak"] = {
+        "gflops": peak,
+        "median_gflops": statistics.median(pk["best_gflops"] for pk in good) if good else None,
+        "n": result.get("peak_n"),
+        "precision": result.get("peak_precision"),
+        "measurements": len(good),
+        "per_process": peaks,
+    }
+    for run in result["runs"]:
+        rounds = run.pop("rounds")
+        run.update(summarise(run["batch"], rounds, cfg, peak))
+        run["per_round"] = rounds
+
+
+def summarise_partial(path: str) -> dict:
+    """The summary of a run a time limit stopped: the rounds (and sides) that finished."""
+    from stlight_jax.models import ModelConfig
+
+    result = json.loads(Path(path).read_text())
+    if not result.get("partial"):
+        raise SystemExit(f"compare.py: {path} is not a partial result")
+    peaks = result.pop("peaks")
+    result["partial"] = "summary of the rounds that finished"
+    finish(result, peaks, ModelConfig(**{**result["config"], "image_size": (64, 64)}))
+    return result
+
+
 def format_table(result: dict) -> str:
     m = result["machine"]
     peak = result["matmul_peak"]
@@ -285,11 +316,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--peak-precision", default=None, choices=["float32", "bf16", "highest"])
     p.add_argument("--peak-repeats", type=int, default=5)
     p.add_argument("--peak-worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--summarise-partial",
+        metavar="JSON",
+        help="summarise what a stopped run wrote (its --out) into JSON.summary.json",
+    )
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     p.add_argument("--log", default=None, help="workers' output (default: the JSON's .log)")
     args = p.parse_args(argv)
     if min(args.rounds) < 1 or min(args.repeats) < 1:
         p.error("--rounds and --repeats must be >= 1")
+    if args.summarise_partial:
+        result = summarise_partial(args.summarise_partial)
+        print(format_table(result))
+        out = Path(args.summarise_partial).with_suffix(".summary.json")
+        out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        print(f"wrote {out}")
+        return result
     if args.peak_worker:
         res = matmul_peak_worker(
             args.peak_worker, args.peak_n, args.peak_repeats, args.peak_precision
@@ -341,6 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": {str(b): n for b, n in args.repeats.items()},
         "warmup": args.warmup,
         "train_flops_per_forward": TRAIN_FLOPS_PER_FORWARD,
+        "peak_n": args.peak_n,
+        "peak_precision": args.peak_precision,
         "runs": [],
     }
     env = _worker_env(args.malloc)
@@ -375,23 +420,8 @@ def main(argv: list[str] | None = None) -> dict:
                             Path(args.out).write_text(json.dumps(partial, default=str))
                     rounds.append(rnd)
                 result["runs"].append({"batch": b, "rounds": rounds})
-            good = [pk for pk in peaks if "best_gflops" in pk]
-            peak = max((pk["best_gflops"] for pk in good), default=None)
-            result["matmul_peak"] = {
-                "gflops": peak,
-                "median_gflops": (
-                    statistics.median(pk["best_gflops"] for pk in good) if good else None
-                ),
-                "n": args.peak_n,
-                "precision": args.peak_precision,
-                "measurements": len(good),
-                "per_process": peaks,
-            }
             result["versions"] = versions
-            for run in result["runs"]:
-                rounds = run.pop("rounds")
-                run.update(summarise(run["batch"], rounds, cfg, peak))
-                run["per_round"] = rounds
+            finish(result, peaks, cfg)
         log_text = None if args.log else log_path.read_text()
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["wall_s"] = time.perf_counter() - t_start

@@ -44,9 +44,9 @@ if [[ $DRY == 1 ]]; then
     --config.data.num_train=32 --config.data.batch_size=8 --config.num_epochs=1
     --config.data.num_val=8 --config.data.eval_batch_size=8 --config.data.num_test=8
     --config.log_every_steps=1)
-  TRAIN_SECONDS=300  # finishes its 4 steps long before; only a hang hits it
+  TRAIN_SECONDS=900  # finishes its 4 steps long before; only a hang hits it
   EVAL=(--config configs/mmnist.py:cpu --sequences 16 --batch 8 --passes 1)
-  LIMIT_PARITY=300 LIMIT_F32=300 LIMIT_BF16=300 LIMIT_EVAL=300
+  LIMIT_PARITY=900 LIMIT_F32=900 LIMIT_BF16=900 LIMIT_EVAL=900  # a loaded CI machine
 else
   PARITY=(tests/test_parity.py tests/test_train_parity.py)
   MODEL=(--size L --batch 16 --rounds 1 --repeats 5 --warmup 2)

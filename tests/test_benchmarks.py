@@ -166,3 +166,47 @@ def test_time_to_accuracy_trains_both_sides_from_the_same_start(tmp_path):
         # it stopped on its budget or at the schedule's end, never past either
         assert side["train_seconds"] - side["first_step_s"] < 2 + side["curve"][-1]["seconds"]
     assert result["budget_s"] == 2
+
+
+def test_compare_summarises_a_stopped_run(tmp_path):
+    """A time limit that stops compare.py leaves its raw rounds (written after every side);
+    --summarise-partial turns what finished into medians, ratios and shares of the peak."""
+
+    def side(cases):
+        return {"runs": [{"batch": 2, "cases": {
+            n: {"times_s": t, "compile_s": 1.0} for n, t in cases.items()}}]}  # fmt: skip
+
+    rounds = [
+        {
+            "jax": side({"stlight-jax forward": [1.0, 3.0], "stlight-jax train step": [4.0]}),
+            "torch-eager": side({"torch eager forward": [2.0], "torch eager train step": [8.0]}),
+        },
+        {"jax": side({"stlight-jax forward": [2.0], "stlight-jax train step": [6.0]})},
+    ]
+    partial = {
+        "partial": True,
+        "machine": {"backend": "cpu", "cpu": "test", "cpu_count": 2},
+        "size": "S",
+        "precision": "float32",
+        "rounds": {"2": 2},
+        "repeats": {"2": 1},
+        "malloc": "default",
+        "config": {"dim": 8, "depth": 1, "frames_in": 10, "frames_out": 10, "channels": 1,
+                   "image_size": [64, 64], "patch": 2, "conv_impl": "auto"},  # fmt: skip
+        "peaks": [{"best_gflops": 10.0}, {"best_gflops": 20.0}, {"error": "killed"}],
+        "runs": [{"batch": 2, "rounds": rounds}],
+    }
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps(partial))
+    result = compare.main(["--summarise-partial", str(path)])
+    assert json.loads((tmp_path / "partial.summary.json").read_text())["runs"]
+    assert result["matmul_peak"]["gflops"] == 20.0 and result["matmul_peak"]["measurements"] == 2
+    run = result["runs"][0]
+    assert run["cases"]["stlight-jax forward"]["median_s"] == 2.0  # pooled over both rounds
+    assert run["cases"]["stlight-jax train step"]["median_s"] == 5.0
+    assert run["ratios"]["train step: torch eager / stlight-jax"] == 8.0 / 5.0
+    step = run["cases"]["torch eager train step"]
+    assert step["share_of_peak"] == pytest.approx(step["gflop"] / 8.0 / 20.0)
+    with pytest.raises(SystemExit, match="not a partial result"):
+        path.write_text(json.dumps({**partial, "partial": False}))
+        compare.main(["--summarise-partial", str(path)])

@@ -22,7 +22,7 @@ def test_gpu_suite_dry_run_passes_every_step(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=1500,
+        timeout=4800,
     )
     log = (out / "suite.log").read_text() if (out / "suite.log").exists() else proc.stderr
     assert proc.returncode == 0, log[-3000:]
