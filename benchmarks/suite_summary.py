@@ -12,8 +12,13 @@ import argparse
 import datetime
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 PAPER_STEPS = 125_000  # 200 epochs x 625 steps of 16 (Moving MNIST, 10,000 sequences)
 _RATE = re.compile(r"step (\d+)/(\d+) loss \S+ \| ([\d.]+) steps/s")
@@ -29,9 +34,16 @@ def bench_summary(path: Path) -> dict[str, Any] | None:
     if text is None:
         return None
     res = json.loads(text)
-    if res.get("partial"):  # the step's time limit stopped compare.py: raw rounds only
-        return {"partial": True, "note": f"stopped early; raw per-round results in {path.name}"}
-    out: dict[str, Any] = {"matmul_peak_gflops": res["matmul_peak"]["gflops"], "batches": {}}
+    partial = bool(res.get("partial"))
+    if partial:  # the step's time limit stopped compare.py: summarise the rounds it finished
+        from benchmarks.compare import summarise_partial
+
+        res = summarise_partial(str(path))
+    out: dict[str, Any] = {
+        "matmul_peak_gflops": res["matmul_peak"]["gflops"],
+        "stopped_early": partial,
+        "batches": {},
+    }
     for run in res["runs"]:
         cases = {}
         for name, c in run["cases"].items():
