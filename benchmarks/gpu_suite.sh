@@ -28,7 +28,7 @@ LOG=$OUT/suite.log  # every step's output; $OUT holds 5 files (the device return
 : > "$LOG"
 export PYTHONUNBUFFERED=1
 
-if compgen -G ".whl/*.whl" > /dev/null; then  # what the device image lacks (gpu_wheels.sh)
+if [[ $DRY == 0 ]] && compgen -G ".whl/*.whl" > /dev/null; then  # what the image lacks
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/stlight-site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/stlight-site${PYTHONPATH:+:$PYTHONPATH}
