@@ -18,12 +18,10 @@ split (predict mode: the whole --input, which must be the same file everywhere) 
 writes the same files a single process would. Everything lives in `stlight_jax.evaluation.run`.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from stlight_jax import runtime
+from stlight_jax import cli_errors, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -63,25 +61,21 @@ def main(argv):
 
     from stlight_jax import evaluation
 
-    try:
-        result = evaluation.run(
-            workdir=FLAGS.workdir,
-            config=FLAGS.config,
-            weights=FLAGS.weights,
-            checkpoint=FLAGS.checkpoint,
-            step=FLAGS.step,
-            split=FLAGS.split,
-            mode=FLAGS.mode,
-            input_path=FLAGS.input,
-            horizon=FLAGS.horizon,
-            out=FLAGS.out,
-            num_samples=FLAGS.num_samples,
-            save_arrays=FLAGS.save_arrays,
-            ssim_data_range=FLAGS.ssim_data_range,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        # A bad option or input: the message says what was expected; no traceback or flag dump.
-        sys.exit(f"evaluate.py: error: {e}")
+    result = evaluation.run(
+        workdir=FLAGS.workdir,
+        config=FLAGS.config,
+        weights=FLAGS.weights,
+        checkpoint=FLAGS.checkpoint,
+        step=FLAGS.step,
+        split=FLAGS.split,
+        mode=FLAGS.mode,
+        input_path=FLAGS.input,
+        horizon=FLAGS.horizon,
+        out=FLAGS.out,
+        num_samples=FLAGS.num_samples,
+        save_arrays=FLAGS.save_arrays,
+        ssim_data_range=FLAGS.ssim_data_range,
+    )
     if jax.process_index() == 0:
         if result["mode"] == "eval":
             print(evaluation.format_table(result))
@@ -95,4 +89,4 @@ def main(argv):
 
 if __name__ == "__main__":
     runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
-    app.run(main)
+    cli_errors.run_absl(main, "evaluate.py")

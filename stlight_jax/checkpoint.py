@@ -10,6 +10,8 @@ digests of the state, checked on restore, because Orbax itself does not detect g
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gc
 import hashlib
 import logging
@@ -17,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -33,6 +35,57 @@ DIGEST_KEY = "sha256"  # custom metadata: {top-level state key: digest}
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint restored without error but its arrays differ from what was saved."""
+
+
+class DiskFullError(OSError):
+    """Writing into the workdir failed for lack of space (or quota); the message names it."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full_cause(error: BaseException | None) -> BaseException | None:
+    """The ENOSPC/EDQUOT/EFBIG error in `error`'s chain (Orbax and TensorStore may wrap it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return error
+        if "No space left on device" in str(error):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def disk_full_guard(workdir: str) -> Iterator[None]:
+    """Turns a full disk anywhere in the block into one DiskFullError naming `workdir` and its
+    latest complete checkpoint (a failed save never touches the earlier steps)."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as e:
+        cause = _disk_full_cause(e)
+        if cause is None:
+            raise
+        _drop_failed_reads()  # the failed writes' coroutines would print pages when collected
+        ckpt_dir = checkpoint_dir(workdir)
+        steps = (
+            sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+            if os.path.isdir(ckpt_dir)
+            else []
+        )
+        kept = (
+            f"the latest complete checkpoint, step {steps[-1]}, is intact"
+            if steps
+            else ("no checkpoint had been saved yet")
+        )
+        reason = getattr(cause, "strerror", None) or "No space left on device"
+        raise DiskFullError(
+            f"disk full while writing to workdir {os.path.abspath(workdir)} ({reason}); {kept}: "
+            "free some space and rerun the same command to resume"
+        ) from e
 
 
 class _DropNoMetricWarning(logging.Filter):

@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from stlight_jax import checkpoint as ckpt
-from stlight_jax import convert, data, metrics, visualize
+from stlight_jax import config_validation, convert, data, metrics, visualize
 from stlight_jax.data.common import U8_TO_UNIT
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.train import (
@@ -307,8 +307,13 @@ def load_input(path: str, cfg: ModelConfig) -> tuple[np.ndarray, dict[str, Any]]
         mode = "L" if cfg.channels == 1 else "RGB"
         frames = []
         for name in names:
-            with Image.open(os.path.join(path, name)) as img:
-                frames.append(np.asarray(img.convert(mode), np.uint8))
+            try:
+                with Image.open(os.path.join(path, name)) as img:
+                    frames.append(np.asarray(img.convert(mode), np.uint8))
+            except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for damaged files
+                raise ValueError(
+                    f"{os.path.join(path, name)}: cannot read as an image ({e})"
+                ) from e
         shapes = {f.shape for f in frames}
         if len(shapes) > 1:
             raise ValueError(f"{path}: images differ in size: {sorted(shapes)}")
@@ -718,6 +723,7 @@ def run(
         if not workdir:
             raise ValueError("give --workdir, or --config with --weights or --checkpoint")
         config = load_workdir_config(workdir)
+    config_validation.validate(config)
     if not out:
         if not workdir:
             raise ValueError("--out is required when no --workdir is given")

@@ -28,7 +28,15 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from stlight_jax import checkpoint, data, metrics, schedules
+from stlight_jax import (
+    checkpoint,
+    config_validation,
+    data,
+    metrics,
+    resume_logs,
+    schedules,
+    workdir_lock,
+)
 from stlight_jax.model_size import model_size
 from stlight_jax.models import ModelConfig, STLight, create_model
 
@@ -216,15 +224,23 @@ class MetricWriter:
     Only process 0 writes.
     """
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, resume_step: int = 0):
+        """`resume_step`: the step the run resumes from (0: a fresh start); records of later
+        steps, which the run writes again, are dropped (`resume_logs`)."""
         self.active = jax.process_index() == 0
         self._tb = None
         if self.active:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            path = os.path.join(workdir, "metrics.jsonl")
+            resume_logs.drop_redone_records(path, resume_step)
+            self._jsonl = open(path, "a")  # noqa: SIM115
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # TensorBoard hides earlier events at steps >= purge_step; those of the resume step
+            # that stay valid are written again from metrics.jsonl, so each shows once.
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
+            for record in resume_logs.records_at(path, resume_step):
+                self._add_scalars(resume_step, record)
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.active:
@@ -232,10 +248,15 @@ class MetricWriter:
         record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
+        self._add_scalars(step, values)
+        self._tb.flush()
+
+    def _add_scalars(self, step: int, values: dict[str, Any]) -> None:
         for k, v in values.items():
+            if k in ("step", "resumed_from_step"):  # a marker, kept in metrics.jsonl only
+                continue
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
-        self._tb.flush()
 
     def close(self) -> None:
         if self.active:
@@ -379,7 +400,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     current step and return {'interrupted_at_step': step}. A non-finite loss or parameter
     raises NonFiniteLossError naming the step; nothing non-finite is ever checkpointed.
     """
-    with _StopSignal() as stop:
+    config_validation.validate(config)  # before any data, compile or workdir work
+    with (
+        _StopSignal() as stop,
+        checkpoint.disk_full_guard(workdir),
+        workdir_lock.hold_for_job(workdir),
+    ):
         return _train_and_evaluate(config, workdir, stop)
 
 
@@ -438,7 +464,7 @@ def _train_and_evaluate(
                 logging.info("Fresh initialisation (seed %d)", config.seed)
             state = jax.device_put(state, replicated)
 
-        writer = MetricWriter(workdir)
+        writer = MetricWriter(workdir, start_step)
         if start_step == 0:
             writer.write(
                 0,

@@ -3,17 +3,31 @@ README's "Reliability" table says."""
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
 
-from stlight_jax import checkpoint, convert, data, train
+from stlight_jax import (
+    checkpoint,
+    cli_errors,
+    config_validation,
+    convert,
+    data,
+    train,
+    workdir_lock,
+)
 from stlight_jax.models import create_model
 from tests import tiny_config
 from tests.test_train import abstract_state, read_jsonl, train_steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -120,3 +134,292 @@ def test_nan_in_taxibj_is_refused(tmp_path):
     c.model.frames_in, c.model.frames_out, c.model.image_size, c.model.channels = 4, 4, (32, 32), 2
     with pytest.raises(ValueError, match=r"dataset.npz: Y_test: sample 2 .*nan.*\(2, 1, 0, 7, 9\)"):
         data.steps_per_epoch(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# One config validation pass before any work; one-line errors with exit status 2 on the CLIs.
+
+
+@pytest.mark.parametrize(
+    "field, value, rule",
+    [
+        ("optimizer.learning_rate", -0.01, "must be a finite number > 0"),
+        ("optimizer.learning_rate", 0.0, "must be a finite number > 0"),
+        ("checkpoint_every_steps", -1, "must be >= 0"),
+        ("data.batch_size", 0, "must be >= 1"),
+        ("data.batch_size", -4, "must be >= 1"),
+        ("num_epochs", 0, "must be >= 1"),
+        ("optimizer.pct_start", 1.0, "must be a finite number > 0 and < 1"),
+        ("optimizer.final_div_factor", float("nan"), "must be a finite number > 0"),
+        ("optimizer.schedule", "linear", "must be one of ['onecycle', 'cosine']"),
+    ],
+)
+def test_impossible_settings_are_refused_before_any_work(config, tmp_path, field, value, rule):
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    workdir = tmp_path / "run"
+    with pytest.raises(config_validation.ConfigError) as err:
+        train.train_and_evaluate(config, str(workdir))
+    assert f"config.{field}={value!r}: {rule}" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not workdir.exists()  # refused before the workdir, data or compilation
+
+
+def test_misspelled_key_in_a_config_names_the_closest_known_key(config, tmp_path):
+    config.optimizer.learnig_rate = 1e-3  # a config file's typo adds a field silently
+    with pytest.raises(
+        config_validation.ConfigError,
+        match=r"config.optimizer.learnig_rate is "
+        r"not a known config field; the closest known key is "
+        r"config.optimizer.learning_rate",
+    ):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_every_shipped_config_passes_validation():
+    import importlib
+
+    from configs.mmnist import SIZES
+
+    for size in SIZES:
+        config_validation.validate(importlib.import_module("configs.mmnist").get_config(size))
+    for name in ("taxibj", "kth", "custom"):
+        config_validation.validate(importlib.import_module(f"configs.{name}").get_config(None))
+
+
+def _run(script: list[str], *args: str, env: dict | None = None, timeout: int = 120):
+    base = {k: v for k, v in os.environ.items() if k != cli_errors.VERBOSE_ENV}
+    env = {**base, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *script, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc, prog: str, *needles: str) -> str:
+    """Exit status 2, no traceback, and exactly one 'prog: error:' line holding `needles`."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"{prog}: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert proc.stderr.rstrip().endswith(lines[0]), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_train_cli_user_errors_are_one_line_exit_2(config, tmp_path):
+    base = [f"--config=tests/tiny_config.py:{config.data.path}", f"--workdir={tmp_path}/run"]
+    assert_one_line_error(
+        _run(["train.py"], "--config=configs/nothere.py", f"--workdir={tmp_path}/run"),
+        "train.py",
+        "config file 'configs/nothere.py' does not exist",
+    )
+    assert_one_line_error(
+        _run(["train.py"], *base, "--config.optimizer.learnig_rate=1e-3"),
+        "train.py",
+        "--config.optimizer.learnig_rate is not a known config field",
+        "closest known key is --config.optimizer.learning_rate",
+    )
+    assert_one_line_error(
+        _run(["train.py"], *base, "--config.data.batch_size=0"),
+        "train.py",
+        "config.data.batch_size=0: must be >= 1",
+    )
+    # Asked for, the traceback is there (flag or environment variable).
+    for extra, env in ((["--verbose_errors"], None), ([], {cli_errors.VERBOSE_ENV: "1"})):
+        proc = _run(["train.py"], *base, "--config.data.batch_size=0", *extra, env=env)
+        assert proc.returncode != 0 and "Traceback" in proc.stderr
+        assert "ConfigError" in proc.stderr
+
+
+def test_convert_and_evaluate_cli_bad_files_are_one_line_exit_2(config, tmp_path):
+    from PIL import Image
+    from safetensors.numpy import save_file
+
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    cfg = f"tests/tiny_config.py:{config.data.path}"
+    convert_cli = ["-m", "stlight_jax.convert"]
+    imp = ["import", f"--weights={empty}", f"--config={cfg}", f"--out={tmp_path}/ckpt"]
+    assert_one_line_error(
+        _run(convert_cli, *imp), "python -m stlight_jax.convert", "empty.safetensors", "empty"
+    )
+    proc = _run(convert_cli, *imp, "--verbose_errors")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+    # Predict mode on a folder holding a damaged PNG.
+    weights = str(tmp_path / "w.safetensors")
+    save_file(_half_state_dict(config, np.float32), weights)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for t in range(4):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(frames / f"{t}.png")
+    good = (frames / "2.png").read_bytes()
+    (frames / "2.png").write_bytes(good[: len(good) // 3])  # a truncated file
+    assert_one_line_error(
+        _run(
+            ["evaluate.py"],
+            f"--config={cfg}",
+            f"--weights={weights}",
+            "--mode=predict",
+            f"--input={frames}",
+            f"--out={tmp_path}/pred",
+        ),
+        "evaluate.py",
+        "2.png: cannot read as an image",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir lock; a full disk.
+
+_HOLDER = """
+import sys, time
+from stlight_jax import workdir_lock
+with workdir_lock.hold(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _start_holder(workdir: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, workdir],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_job_on_a_workdir_stops_at_once_naming_the_holder(config, tmp_path):
+    import socket
+
+    workdir = str(tmp_path / "run")
+    holder = _start_holder(workdir)
+    try:
+        lock_file = os.path.join(workdir, workdir_lock.LOCK_FILE)
+        with open(lock_file) as f:
+            before = f.read()
+        with pytest.raises(workdir_lock.WorkdirLockedError) as err:
+            train.train_and_evaluate(config, workdir)
+        msg = str(err.value)
+        assert f"pid {holder.pid} on host {socket.gethostname()}, started " in msg
+        assert "\n" not in msg
+        # The first job's workdir is untouched: no config.json, metrics or checkpoints written.
+        assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]
+        with open(lock_file) as f:
+            assert f.read() == before
+        # The same through train.py: one line, exit status 2.
+        assert_one_line_error(
+            _run(
+                ["train.py"],
+                f"--config=tests/tiny_config.py:{config.data.path}",
+                f"--workdir={workdir}",
+            ),
+            "train.py",
+            f"is in use by another job (pid {holder.pid}",
+        )
+    finally:
+        holder.kill()  # SIGKILL: the holder cannot clean up, its lock file stays filled in
+        holder.wait()
+
+    warnings = []
+    with workdir_lock.hold(workdir, log=warnings.append):
+        with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
+            assert json.load(f)["pid"] == os.getpid()
+    assert len(warnings) == 1 and f"left by a job that is gone (pid {holder.pid}" in warnings[0]
+    with workdir_lock.hold(workdir, log=warnings.append):  # a clean exit leaves no stale lock
+        pass
+    assert len(warnings) == 1
+
+
+def _mount_tmpfs(where, size: str) -> None:
+    where.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(
+            f"a real full disk needs a small tmpfs, and mount failed (not root?): "
+            f"{proc.stderr.strip()}"
+        )
+
+
+def test_disk_full_while_saving_names_the_workdir_keeps_checkpoints_and_resumes(config, tmp_path):
+    disk = tmp_path / "small_disk"
+    _mount_tmpfs(disk, "300k")  # room for one checkpoint of the tiny model, not two
+    try:
+        workdir = str(disk / "run")
+        config.num_epochs = 1
+        config.checkpoint_every_steps = 1
+        with pytest.raises(checkpoint.DiskFullError) as err:
+            train.train_and_evaluate(config, workdir)
+        msg = str(err.value)
+        assert f"disk full while writing to workdir {workdir} (No space left on device)" in msg
+        assert "latest complete checkpoint, step 1, is intact" in msg and "\n" not in msg
+        manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+        restored = checkpoint.restore_latest_readable(manager, abstract_state(config))
+        manager.close()
+        assert restored is not None and restored[0] == 1
+
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
+        train.train_and_evaluate(config, workdir)
+        records = read_jsonl(workdir)
+        assert {"step": 1, "resumed_from_step": 1} in records
+        assert train_steps(records) == [1, 2, 3, 4]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# After a resume, metrics.jsonl and TensorBoard hold each step once.
+
+
+def _tensorboard_steps(workdir: str) -> dict[str, list[int]]:
+    """Steps per scalar tag as TensorBoard shows them (it applies the purge events)."""
+    accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="reading event files as TensorBoard does needs the tensorboard package",
+    )
+    acc = accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_steps_redone_after_a_resume_are_logged_once(config, tmp_path):
+    workdir = str(tmp_path / "run")
+    config.num_epochs = 1
+    config.checkpoint_every_steps = 2
+    train.train_and_evaluate(config, workdir)
+    # Damage step 4 (its biggest array chunk): the rerun sets it aside, resumes at step 2 and
+    # trains, validates and tests steps 3-4 again.
+    chunks = glob.glob(
+        os.path.join(checkpoint.checkpoint_dir(workdir), "4", "state", "*", "d", "*")
+    )
+    with open(max(chunks, key=os.path.getsize), "r+b") as f:
+        f.seek(100)
+        f.write(bytes(200))
+    train.train_and_evaluate(config, workdir)
+    records = read_jsonl(workdir)
+    assert {"step": 2, "resumed_from_step": 2} in records
+    # And once more with nothing left to train: only the test pass is redone.
+    train.train_and_evaluate(config, workdir)
+
+    records = read_jsonl(workdir)
+    assert train_steps(records) == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "val_mse" in r] == [4]
+    assert [r["step"] for r in records if "test_mse" in r] == [4]
+    tb = _tensorboard_steps(workdir)
+    assert tb["train_loss"] == [1, 2, 3, 4] and tb["val_mse"] == [4] and tb["test_mse"] == [4]
