@@ -5,7 +5,10 @@ A workdir's checkpoints live in `<workdir>/checkpoints/<step>/` with two items: 
 A weights-only checkpoint (from `stlight_jax.convert import`) holds just
 {'params', 'batch_stats'} under `state`. Restores go into an abstract target, so a checkpoint
 written on 8 devices restores on 1 and the other way round. Each step also records SHA-256
-digests of the state, checked on restore, because Orbax itself does not detect garbled data.
+digests of the state, checked on restore, because Orbax itself does not detect garbled data:
+in `<step>/stlight_sha256.json` (written atomically after the save, so damage to Orbax's
+metadata cannot take them away) and as a copy in Orbax's step metadata. A step without
+readable digests is never used: training sets it aside, evaluation refuses it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import errno
 import gc
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -30,7 +34,8 @@ from orbax.checkpoint import checkpoint_managers
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable_checkpoints"  # beside CHECKPOINT_DIR: steps set aside on resume
 VAL_METRIC = "val_mse"
-DIGEST_KEY = "sha256"  # custom metadata: {top-level state key: digest}
+DIGEST_KEY = "sha256"  # {top-level state key: digest}, in DIGEST_FILE and custom metadata
+DIGEST_FILE = "stlight_sha256.json"  # in each step's directory, written after the save
 
 
 class CorruptCheckpointError(ValueError):
@@ -93,7 +98,11 @@ class _DropNoMetricWarning(logging.Filter):
     (mid-epoch and signal checkpoints have no validation MSE)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        message = record.getMessage()
+        # A damaged metadata file: Orbax logs its whole content; `saved_digests` reports it.
+        return "did not provide metrics" not in message and (
+            "Failed to json parse Metadata file" not in message
+        )
 
 
 logging.getLogger("absl").addFilter(_DropNoMetricWarning())
@@ -171,24 +180,84 @@ def digests(state: Any) -> dict[str, str]:
     return out
 
 
+def _digest_file(manager, step: int) -> str:
+    return os.path.join(os.fspath(manager.directory), str(step), DIGEST_FILE)
+
+
+def _valid_digests(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(v, str) and len(v) == 64 for v in value.values())
+    )
+
+
+def saved_digests(manager, step: int) -> dict[str, str]:
+    """The SHA-256 digests saved with `step`: from its digest file, else from the copy in
+    Orbax's step metadata. Raises CorruptCheckpointError when neither holds readable digests
+    (a step whose data cannot be verified is never used) or when the digest file is damaged.
+    """
+    path = _digest_file(manager, step)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)[DIGEST_KEY]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptCheckpointError(
+                f"step {step}: its digest file {path} is unreadable ({type(e).__name__})"
+            ) from e
+        if not _valid_digests(saved):
+            raise CorruptCheckpointError(f"step {step}: its digest file {path} is damaged")
+        return saved
+    try:
+        saved = (manager.metadata(step).custom_metadata or {}).get(DIGEST_KEY)
+    except Exception:  # a damaged metadata file: as good as none
+        saved = None
+    if not _valid_digests(saved):
+        raise CorruptCheckpointError(
+            f"step {step}: no readable SHA-256 digests (no {DIGEST_FILE}, none in Orbax's "
+            "metadata); its data cannot be verified, so it is not used"
+        )
+    return saved
+
+
 def _verify(manager, step: int, state: Any) -> None:
-    """Raises CorruptCheckpointError when `state` does not match the digests saved at `step`."""
-    saved = (manager.metadata(step).custom_metadata or {}).get(DIGEST_KEY)
-    if not saved:
-        return  # written before digests existed (or by another tool): nothing to check
+    """Raises CorruptCheckpointError when `state` does not match the digests saved at `step`
+    (or when there are none to check it against)."""
+    saved = saved_digests(manager, step)
     got = digests(state)
-    bad = sorted(k for k in got if k in saved and saved[k] != got[k])
+    bad = sorted(k for k in got if saved.get(k) != got[k])
     if bad:
         raise CorruptCheckpointError(
             f"step {step}: restored {', '.join(bad)} do not match the saved SHA-256"
         )
 
 
+def _write_digest_file(manager, step: int, state_digests: dict[str, str]) -> None:
+    """Writes the step's digests beside its data, atomically (temp file, fsync, rename), so a
+    damaged or deleted Orbax metadata file cannot take them away."""
+    if jax.process_index() != 0:
+        return
+    path = _digest_file(manager, step)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"step": int(step), DIGEST_KEY: state_digests}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def save(
     manager, step: int, state: Any, data_state: dict | None, metrics: dict[str, float] | None = None
 ) -> None:
     """Saves the training state (a pytree) and the data-iterator state at `step`, with the
-    state's digests in the step's custom metadata."""
+    state's digests in the step's digest file and a copy in its custom metadata."""
+    state_digests = digests(state)
     items = {"state": ocp.args.StandardSave(state)}
     items["data"] = ocp.args.JsonSave(data_state or {})
     manager.save(
@@ -196,9 +265,10 @@ def save(
         args=ocp.args.Composite(**items),
         metrics=metrics,
         force=True,
-        custom_metadata={DIGEST_KEY: digests(state)},
+        custom_metadata={DIGEST_KEY: state_digests},
     )
     manager.wait_until_finished()
+    _write_digest_file(manager, step, state_digests)
 
 
 def abstract_like(tree: Any) -> Any:
@@ -219,6 +289,7 @@ def best_step(manager) -> int | None:
 def restore(manager, step: int, target: Any) -> tuple[Any, dict]:
     """Restores (state, data_state) at `step` into the abstract `target` pytree; raises
     CorruptCheckpointError when the arrays do not match the digests saved with them."""
+    saved_digests(manager, step)  # no digests to check against: refuse before reading
     restored = manager.restore(
         step,
         args=ocp.args.Composite(

@@ -423,3 +423,116 @@ def test_steps_redone_after_a_resume_are_logged_once(config, tmp_path):
     assert [r["step"] for r in records if "test_mse" in r] == [4]
     tb = _tensorboard_steps(workdir)
     assert tb["train_loss"] == [1, 2, 3, 4] and tb["val_mse"] == [4] and tb["test_mse"] == [4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity that damage cannot switch off: digests beside the data, a copy in Orbax's metadata.
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    """A tiny run with checkpoints at steps 2 and 4 (each test damages a copy of it)."""
+    root = tmp_path_factory.mktemp("trained")
+    config = tiny_config.get_config(tiny_config.write_data(str(root / "data.npz")))
+    config.num_epochs = 1
+    config.checkpoint_every_steps = 2
+    train.train_and_evaluate(config, str(root / "run"))
+    return config, str(root / "run")
+
+
+def _damage_metadata(step_dir: str, how: str) -> None:
+    path = os.path.join(step_dir, "_CHECKPOINT_METADATA")
+    if how == "delete":
+        os.remove(path)
+    elif how == "truncate":
+        os.truncate(path, os.path.getsize(path) // 3)
+    else:  # garble
+        with open(path, "r+b") as f:
+            f.seek(20)
+            f.write(b"\x00garbage\xff" * 8)
+
+
+def _garble_biggest_chunk(step_dir: str) -> None:
+    chunks = glob.glob(os.path.join(step_dir, "state", "*", "d", "*"))
+    with open(max(chunks, key=os.path.getsize), "r+b") as f:
+        f.seek(100)
+        f.write(bytes(200))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "metadata deleted + chunk garbled",
+        "metadata truncated + chunk garbled",
+        "metadata garbled + chunk garbled",
+        "metadata deleted + digest file deleted",
+        "digest file garbled",
+    ],
+)
+def test_damaged_digests_never_let_a_step_be_used(trained_workdir, tmp_path, damage):
+    import shutil
+
+    from stlight_jax import evaluation
+
+    config, original = trained_workdir
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
+    step_dir = os.path.join(checkpoint.checkpoint_dir(workdir), "4")
+    digest_file = os.path.join(step_dir, checkpoint.DIGEST_FILE)
+    assert os.path.exists(digest_file)
+    for part in damage.split(" + "):
+        what, _, how = part.rpartition(" ")
+        if what == "metadata":
+            _damage_metadata(step_dir, how)
+        elif what == "chunk":
+            _garble_biggest_chunk(step_dir)
+        elif how == "deleted":
+            os.remove(digest_file)
+        else:
+            with open(digest_file, "r+b") as f:
+                f.seek(30)
+                f.write(b"#####")
+
+    # Evaluation of that step: refused in one line when its digests are gone; with them, it
+    # either refuses or loads exactly the saved weights (the garbled bytes may lie in Adam's
+    # state, which evaluation does not read). Never a silent 'MSE nan'.
+    if "chunk" not in damage:
+        with pytest.raises(checkpoint.CorruptCheckpointError, match=r"^step 4: [^\n]*$"):
+            evaluation.run(workdir=workdir, step="latest", out=str(tmp_path / "eval"))
+    else:
+        try:
+            loaded = evaluation.load_model(config, workdir=workdir, step="latest")
+        except checkpoint.CorruptCheckpointError as e:
+            assert str(e).startswith("step 4: ") and "\n" not in str(e)
+        else:
+            with open(os.path.join(original, "checkpoints", "4", checkpoint.DIGEST_FILE)) as f:
+                want = json.load(f)[checkpoint.DIGEST_KEY]
+            got = checkpoint.digests({"params": loaded.params, "batch_stats": loaded.batch_stats})
+            assert got == {k: want[k] for k in got}
+    # Training: the step is set aside and the run resumes from step 2.
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir))
+    warnings = []
+    restored = checkpoint.restore_latest_readable(
+        manager, abstract_state(config), log=warnings.append
+    )
+    manager.close()
+    assert restored is not None and restored[0] == 2, warnings
+    assert "checkpoint at step 4" in warnings[0] and "unreadable" in warnings[0]
+    assert glob.glob(os.path.join(workdir, checkpoint.UNREADABLE_DIR, "4.*"))
+
+
+def test_evaluate_cli_refuses_an_unverifiable_step_in_one_line(trained_workdir, tmp_path):
+    import shutil
+
+    _, original = trained_workdir
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
+    step_dir = os.path.join(checkpoint.checkpoint_dir(workdir), "4")
+    _damage_metadata(step_dir, "delete")
+    os.remove(os.path.join(step_dir, checkpoint.DIGEST_FILE))
+    _garble_biggest_chunk(step_dir)
+    assert_one_line_error(
+        _run(["evaluate.py"], f"--workdir={workdir}", "--step=latest"),
+        "evaluate.py",
+        "step 4: no readable SHA-256 digests",
+    )
