@@ -100,9 +100,13 @@ class _DropNoMetricWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         # A damaged metadata file: Orbax logs its whole content; `saved_digests` reports it.
-        return "did not provide metrics" not in message and (
-            "Failed to json parse Metadata file" not in message
+        # Reading a step's metadata (for its digests) makes Orbax say it skipped the items.
+        noise = (
+            "did not provide metrics",
+            "Failed to json parse Metadata file",
+            "was found in the checkpoint, but could not be restored",
         )
+        return not any(n in message for n in noise)
 
 
 logging.getLogger("absl").addFilter(_DropNoMetricWarning())
@@ -315,10 +319,9 @@ def restore_latest_readable(
         try:
             state, data_state = restore(manager, step, target)
         except Exception as e:  # truncated / half-written files surface as many error types
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             log(
                 f"checkpoint at step {step} in {manager.directory} is unreadable "
-                f"({type(e).__name__}: {msg}); trying the previous one"
+                f"({read_error_reason(e)}); trying the previous one"
             )
             unreadable.append(step)
         else:
@@ -327,6 +330,22 @@ def restore_latest_readable(
         _drop_failed_reads()
     _set_aside(manager, unreadable, log)
     return None
+
+
+def read_error_reason(error: BaseException) -> str:
+    """A short reason for a failed restore: the root cause's first line. Orbax's own message
+    embeds the whole TensorStore spec (dozens of lines) after "See full TensorStore details"."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen and len(chain) < 8:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for e in reversed(chain):  # the innermost cause with something to say
+        text = str(e).split("See full TensorStore details")[0].strip()
+        if text:
+            line = text.splitlines()[0].strip()
+            return f"{type(e).__name__}: {line[:300]}"
+    return type(chain[0]).__name__ if chain else "unknown error"
 
 
 def _drop_failed_reads() -> None:
@@ -400,20 +419,33 @@ def restore_weights(
             "params": abstract_like(target_params),
             "batch_stats": abstract_like(target_batch_stats),
         }
+        saved_digests(manager, chosen)  # no digests to check against: refuse before reading
         # Partial restore: a training checkpoint also holds opt_state and step, ignored here.
-        restored = manager.restore(
-            chosen,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=target,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True,
-                ),
-                data=ocp.args.JsonRestore(),  # named so Orbax does not warn it was skipped
-            ),
-        )
+        try:
+            restored = _restore_partial(manager, chosen, target)
+        except Exception as e:
+            _drop_failed_reads()
+            raise CorruptCheckpointError(
+                f"step {chosen}: the checkpoint in {path} cannot be restored "
+                f"({read_error_reason(e)})"
+            ) from e
         state = restored["state"]
         _verify(manager, chosen, state)
         return state["params"], state["batch_stats"], chosen
     finally:
         manager.close()
+
+
+def _restore_partial(manager, step: int, target: Any) -> Any:
+    """Restores only `target`'s entries ({'params', 'batch_stats'}) of the state at `step`."""
+    return manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            ),
+            data=ocp.args.JsonRestore(),  # named so Orbax does not warn it was skipped
+        ),
+    )

@@ -53,6 +53,11 @@ def _config_file_problem(argv: Sequence[str]) -> str | None:
             path = a[len("--config=") :].partition(":")[0]
             if path and not os.path.exists(path):
                 return f"--config: config file {path!r} does not exist"
+            if path.endswith(".json"):
+                return (
+                    f"--config: {path!r} is a saved config.json; --config takes a config .py "
+                    "file, e.g. configs/mmnist.py:S (override fields with --config.<field>=...)"
+                )
     return None
 
 

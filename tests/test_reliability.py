@@ -536,3 +536,31 @@ def test_evaluate_cli_refuses_an_unverifiable_step_in_one_line(trained_workdir, 
         "evaluate.py",
         "step 4: no readable SHA-256 digests",
     )
+
+
+def test_a_failed_checkpoint_read_is_reported_in_one_short_line(trained_workdir, tmp_path):
+    import shutil
+
+    config, original = trained_workdir
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
+    chunks = glob.glob(
+        os.path.join(checkpoint.checkpoint_dir(workdir), "4", "state", "*", "d", "*")
+    )
+    biggest = max(chunks, key=os.path.getsize)
+    os.truncate(biggest, 100)
+    proc = _run(["evaluate.py"], f"--workdir={workdir}", "--step=4")
+    line = assert_one_line_error(proc, "evaluate.py", "step 4: the checkpoint in", "OUT_OF_RANGE")
+    for noise in ("TensorStore details", "bound method", "Event loop is closed"):
+        assert noise not in proc.stderr
+    assert len(line) < 600
+
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir))
+    warnings = []
+    restored = checkpoint.restore_latest_readable(
+        manager, abstract_state(config), log=warnings.append
+    )
+    manager.close()
+    assert restored[0] == 2
+    assert "OUT_OF_RANGE" in warnings[0] and "bound method" not in warnings[0]
+    assert "\n" not in warnings[0] and len(warnings[0]) < 600
