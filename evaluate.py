@@ -15,7 +15,8 @@ trained output length rolls out autoregressively.
 Multi-host: start the same command on every host with --coordinator_address, --num_processes
 and --process_id (or --distributed), as for train.py; every process reads its share of the
 split (predict mode: the whole --input, which must be the same file everywhere) and process 0
-writes the same files a single process would. Everything lives in `stlight_jax.evaluation.run`.
+writes the same files a single process would. Everything lives in `stlight_jax.evaluation.run`
+(and `stlight_jax.predict` for predict mode).
 """
 
 from absl import app, flags
@@ -53,7 +54,7 @@ runtime.define_distributed_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    from stlight_jax.train import quiet_library_logs
+    from stlight_jax.writers import quiet_library_logs
 
     quiet_library_logs()
     runtime.initialize_distributed_from_flags()
@@ -61,7 +62,7 @@ def main(argv):
 
     from stlight_jax import evaluation
 
-    result = evaluation.run(
+    options = evaluation.EvalOptions(
         workdir=FLAGS.workdir,
         config=FLAGS.config,
         weights=FLAGS.weights,
@@ -76,6 +77,7 @@ def main(argv):
         save_arrays=FLAGS.save_arrays,
         ssim_data_range=FLAGS.ssim_data_range,
     )
+    result = evaluation.run(options)
     if jax.process_index() == 0:
         if result["mode"] == "eval":
             print(evaluation.format_table(result))

@@ -93,25 +93,6 @@ def disk_full_guard(workdir: str) -> Iterator[None]:
         ) from e
 
 
-class _DropNoMetricWarning(logging.Filter):
-    """Orbax warns on every save without metrics once `best_fn` is set; ours are deliberate
-    (mid-epoch and signal checkpoints have no validation MSE)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        # A damaged metadata file: Orbax logs its whole content; `saved_digests` reports it.
-        # Reading a step's metadata (for its digests) makes Orbax say it skipped the items.
-        noise = (
-            "did not provide metrics",
-            "Failed to json parse Metadata file",
-            "was found in the checkpoint, but could not be restored",
-        )
-        return not any(n in message for n in noise)
-
-
-logging.getLogger("absl").addFilter(_DropNoMetricWarning())
-
-
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 

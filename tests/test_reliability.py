@@ -17,6 +17,7 @@ import pytest
 from stlight_jax import (
     checkpoint,
     cli_errors,
+    config_io,
     config_validation,
     convert,
     data,
@@ -36,7 +37,7 @@ def config(tmp_path):
 
 
 def _half_state_dict(config, dtype) -> dict[str, np.ndarray]:
-    model = create_model(train.model_config(config), seed=5)
+    model = create_model(config_io.model_config(config), seed=5)
     return {
         k: v.astype(dtype) if v.dtype == np.float32 else v
         for k, v in convert.model_state_dict(model).items()
@@ -58,7 +59,7 @@ def test_half_precision_weights_import_as_float32(config, tmp_path, dtype):
 
     path = str(tmp_path / "half.safetensors")
     save_file(_half_state_dict(config, dtype), path)
-    model = create_model(train.model_config(config), seed=0)
+    model = create_model(config_io.model_config(config), seed=0)
     convert.load_into_model(model, convert.load_state_dict_file(path), source=path)
     assert _floating_dtypes(nnx.state(model, nnx.Param)) == {np.dtype(np.float32)}
     assert _floating_dtypes(nnx.state(model, nnx.BatchStat)) == {np.dtype(np.float32)}
@@ -472,7 +473,7 @@ def _garble_biggest_chunk(step_dir: str) -> None:
 def test_damaged_digests_never_let_a_step_be_used(trained_workdir, tmp_path, damage):
     import shutil
 
-    from stlight_jax import evaluation
+    from stlight_jax import evaluation, weights
 
     config, original = trained_workdir
     workdir = str(tmp_path / "run")
@@ -498,10 +499,12 @@ def test_damaged_digests_never_let_a_step_be_used(trained_workdir, tmp_path, dam
     # state, which evaluation does not read). Never a silent 'MSE nan'.
     if "chunk" not in damage:
         with pytest.raises(checkpoint.CorruptCheckpointError, match=r"^step 4: [^\n]*$"):
-            evaluation.run(workdir=workdir, step="latest", out=str(tmp_path / "eval"))
+            evaluation.run(
+                evaluation.EvalOptions(workdir=workdir, step="latest", out=str(tmp_path / "eval"))
+            )
     else:
         try:
-            loaded = evaluation.load_model(config, workdir=workdir, step="latest")
+            loaded = weights.load_model(config, workdir=workdir, step="latest")
         except checkpoint.CorruptCheckpointError as e:
             assert str(e).startswith("step 4: ") and "\n" not in str(e)
         else:
