@@ -6,8 +6,10 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import ml_dtypes
@@ -567,3 +569,71 @@ def test_a_failed_checkpoint_read_is_reported_in_one_short_line(trained_workdir,
     assert restored[0] == 2
     assert "OUT_OF_RANGE" in warnings[0] and "bound method" not in warnings[0]
     assert "\n" not in warnings[0] and len(warnings[0]) < 600
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM during validation or the test pass: acted on within a batch, checkpoint kept, exit 0.
+
+
+@pytest.mark.parametrize("phase", ["validation", "the test pass"])
+def test_sigterm_during_an_evaluation_pass_saves_exits_0_and_the_rerun_redoes_it(tmp_path, phase):
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "data.npz")
+    # 2,000 validation and test sequences (250 batches each): passes that last long enough
+    # for the signal to land inside them.
+    np.savez(
+        path,
+        train=rng.random((32, 8, 16, 16, 1), dtype=np.float32),
+        val=rng.random((2000, 8, 16, 16, 1), dtype=np.float32),
+        test=rng.random((2000, 8, 16, 16, 1), dtype=np.float32),
+    )
+    workdir = str(tmp_path / "run")
+    args = [
+        f"--config=tests/tiny_config.py:{path}",
+        f"--workdir={workdir}",
+        "--config.num_epochs=1",
+    ]
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    log_path = tmp_path / "log.txt"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            text = log_path.read_text()
+            if phase == "validation" and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+                if 4 in train_steps(read_jsonl(workdir)):  # step 4 ends the epoch: validation
+                    break
+            if phase == "the test pass" and "val MSE" in text:  # logged before the test pass
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "training ended before the signal"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log_path.read_text()
+    assert rc == 0, text[-3000:]
+    assert "signal 15 received: stopping after the current step or evaluation batch" in text
+    assert f"signal 15 received during {phase}" in text, text[-3000:]
+    assert not os.path.exists(os.path.join(workdir, "test_metrics.json"))
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+    assert manager.latest_step() == 4
+    val_saved = checkpoint.VAL_METRIC in (manager.metrics(4) or {})
+    manager.close()
+    assert val_saved == (phase == "the test pass")
+
+    proc = _run(["train.py"], *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_jsonl(workdir)
+    assert train_steps(records) == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "val_mse" in r] == [4]
+    assert [r["step"] for r in records if "test_mse" in r] == [4]
+    with open(os.path.join(workdir, "test_metrics.json")) as f:
+        assert json.load(f)["checkpoint_step"] == 4
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+    assert checkpoint.best_step(manager) == 4
+    manager.close()
