@@ -637,3 +637,66 @@ def test_sigterm_during_an_evaluation_pass_saves_exits_0_and_the_rerun_redoes_it
     manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
     assert checkpoint.best_step(manager) == 4
     manager.close()
+
+
+def test_empty_weights_files_say_why_they_cannot_be_read(tmp_path):
+    pytest.importorskip("torch", reason="reading a .pth needs the PyTorch CPU wheel")
+    for name, kind in (("empty.pth", "a torch checkpoint"), ("empty.safetensors", ".safetensors")):
+        path = tmp_path / name
+        path.write_bytes(b"")
+        with pytest.raises(ValueError) as err:
+            convert.load_state_dict_file(str(path))
+        msg = str(err.value)
+        assert f"cannot read {str(path)!r} as {kind}: the file is empty (0 bytes;" in msg
+        assert "\n" not in msg
+
+
+_LOCK_WORKER = """
+import sys
+import jax
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[3]))
+from stlight_jax import workdir_lock
+try:
+    with workdir_lock.hold_for_job(sys.argv[1]):
+        print("locked", jax.process_index(), flush=True)
+except workdir_lock.WorkdirLockedError as e:
+    print("refused", jax.process_index(), e, flush=True)
+"""
+
+
+def test_two_process_job_takes_the_lock_on_process_0_and_every_process_is_refused_together(
+    tmp_path,
+):
+    from tests.test_distributed import free_port
+
+    workdir = str(tmp_path / "run")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+
+    def job() -> list[str]:
+        port = str(free_port())
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _LOCK_WORKER, workdir, port, str(pid)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for pid in (0, 1)
+        ]
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        return outs
+
+    outs = job()
+    assert "locked 0" in outs[0] and "locked 1" in outs[1]
+    holder = _start_holder(workdir)
+    try:
+        outs = job()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"refused 0 workdir {workdir} is in use by another job (pid {holder.pid}" in outs[0]
+    assert f"refused 1 process 0 found workdir {workdir} in use by another job" in outs[1]
