@@ -13,13 +13,15 @@ VERBOSE_ENV = "STLIGHT_VERBOSE_ERRORS"
 VERBOSE_HELP = f"Show the traceback of a user error (or set {VERBOSE_ENV}=1)."
 
 
+class RunCannotContinue(RuntimeError):
+    """An expected reason a run stops (a non-finite loss, a workdir held by another job): not
+    a bug, and its message is the whole story."""
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a bad input, setting or environment (a full disk, a missing
     file), not a bug: their message is the whole story."""
-    from stlight_jax.train import NonFiniteLossError
-    from stlight_jax.workdir_lock import WorkdirLockedError
-
-    return (ValueError, OSError, ImportError, NonFiniteLossError, WorkdirLockedError)
+    return (ValueError, OSError, ImportError, RunCannotContinue)
 
 
 def verbose_requested(argv: Sequence[str]) -> bool:

@@ -26,6 +26,7 @@ from stlight_jax import (
     weights,
     workdir_lock,
 )
+from stlight_jax.cli_errors import RunCannotContinue
 from stlight_jax.config_io import model_config, save_workdir_config
 from stlight_jax.model_size import model_size
 from stlight_jax.sharding import create_mesh, global_batch, replicated
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     import orbax.checkpoint as ocp
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunCannotContinue):
     """Raised when the training loss becomes NaN or Inf; names the step."""
 
 

@@ -13,10 +13,12 @@ import socket
 import time
 from collections.abc import Iterator
 
+from stlight_jax.cli_errors import RunCannotContinue
+
 LOCK_FILE = ".lock"
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(RunCannotContinue):
     """Another live job holds the workdir."""
 
 
