@@ -19,12 +19,10 @@ writes the same files a single process would. Everything lives in `stlight_jax.e
 (and `stlight_jax.predict` for predict mode).
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from stlight_jax import runtime
+from stlight_jax import cli_errors, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -64,26 +62,22 @@ def main(argv):
 
     from stlight_jax import evaluation
 
-    try:
-        options = evaluation.EvalOptions(
-            workdir=FLAGS.workdir,
-            config=FLAGS.config,
-            weights=FLAGS.weights,
-            checkpoint=FLAGS.checkpoint,
-            step=FLAGS.step,
-            split=FLAGS.split,
-            mode=FLAGS.mode,
-            input_path=FLAGS.input,
-            horizon=FLAGS.horizon,
-            out=FLAGS.out,
-            num_samples=FLAGS.num_samples,
-            save_arrays=FLAGS.save_arrays,
-            ssim_data_range=FLAGS.ssim_data_range,
-        )
-        result = evaluation.run(options)
-    except (ValueError, FileNotFoundError) as e:
-        # A bad option or input: the message says what was expected; no traceback or flag dump.
-        sys.exit(f"evaluate.py: error: {e}")
+    options = evaluation.EvalOptions(
+        workdir=FLAGS.workdir,
+        config=FLAGS.config,
+        weights=FLAGS.weights,
+        checkpoint=FLAGS.checkpoint,
+        step=FLAGS.step,
+        split=FLAGS.split,
+        mode=FLAGS.mode,
+        input_path=FLAGS.input,
+        horizon=FLAGS.horizon,
+        out=FLAGS.out,
+        num_samples=FLAGS.num_samples,
+        save_arrays=FLAGS.save_arrays,
+        ssim_data_range=FLAGS.ssim_data_range,
+    )
+    result = evaluation.run(options)
     if jax.process_index() == 0:
         if result["mode"] == "eval":
             print(evaluation.format_table(result))
@@ -97,4 +91,4 @@ def main(argv):
 
 if __name__ == "__main__":
     runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
-    app.run(main)
+    cli_errors.run_absl(main, "evaluate.py")

@@ -6,13 +6,15 @@
 
 Multi-host: start one process per host with --coordinator_address, --num_processes and
 --process_id (or let jax.distributed.initialize detect a cluster with --distributed).
-Everything else lives in `stlight_jax.train.train_and_evaluate`.
+A bad flag or input stops it with one line on stderr and exit status 2 (--verbose_errors or
+STLIGHT_VERBOSE_ERRORS=1: the traceback). Everything else lives in
+`stlight_jax.train.train_and_evaluate`.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from stlight_jax import runtime
+from stlight_jax import cli_errors, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -37,4 +39,4 @@ def main(argv):
 
 if __name__ == "__main__":
     runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
-    app.run(main)
+    cli_errors.run_absl(main, "train.py")

@@ -138,7 +138,10 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
-        raw: Mapping[str, Any] = load_file(path)
+        try:
+            raw: Mapping[str, Any] = load_file(path)
+        except Exception as e:  # SafetensorError (not a ValueError) for empty/damaged files
+            raise ValueError(f"cannot read {path!r} as .safetensors: {_reason(e, path)}") from e
     else:
         try:
             import torch
@@ -150,7 +153,9 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"cannot read {path!r} as a torch checkpoint: {e}") from e
+            raise ValueError(
+                f"cannot read {path!r} as a torch checkpoint: {_reason(e, path)}"
+            ) from e
     if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
         raw = raw["state_dict"]
     if not isinstance(raw, Mapping):
@@ -161,6 +166,13 @@ def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
             raw = {k[len(prefix) :]: v for k, v in raw.items()}
             keys = list(raw)
     return {k: _to_numpy(v) for k, v in raw.items()}
+
+
+def _reason(error: Exception, path: str) -> str:
+    """Why a weights file did not load, never empty (torch says nothing about an empty file)."""
+    size = os.path.getsize(path)
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"the file is empty (0 bytes; {text})" if size == 0 else text
 
 
 def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str) -> None:
@@ -254,7 +266,6 @@ def export_from_checkpoint(path: str, config: Any, out: str, step: str | None = 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import sys
 
     from stlight_jax import config_io
 
@@ -278,16 +289,27 @@ def main(argv: list[str] | None = None) -> None:
             help="config file with optional argument, e.g. configs/mmnist.py:S, "
             "or a workdir (its config.json) or a config.json",
         )
+    from stlight_jax import cli_errors
+
+    for p in (imp, exp):
+        p.add_argument(
+            f"--{cli_errors.VERBOSE_FLAG}", action="store_true", help=cli_errors.VERBOSE_HELP
+        )
     args = parser.parse_args(argv)
     try:
         config = config_io.load_config(args.config)
+        from stlight_jax import config_validation
+
+        config_validation.validate(config)
         if args.command == "import":
             where = import_to_checkpoint(args.weights, config, args.out, not args.non_strict)
             print(f"wrote {where}; start from it with --config.init_from={args.out}")
         else:
             print(f"wrote {export_from_checkpoint(args.checkpoint, config, args.out, args.step)}")
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except cli_errors.user_error_types() as e:
+        if args.verbose_errors or cli_errors.verbose_requested([]):
+            raise
+        cli_errors.fail(parser.prog, cli_errors.one_line(e))
 
 
 if __name__ == "__main__":
