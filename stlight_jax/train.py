@@ -37,6 +37,7 @@ from stlight_jax.steps import (
     create_train_step,
     evaluate_split,
 )
+from stlight_jax.stop_signal import EvaluationInterrupted, StopSignal
 from stlight_jax.writers import MetricWriter, Progress, write_json
 
 if TYPE_CHECKING:
@@ -45,81 +46,6 @@ if TYPE_CHECKING:
 
 class NonFiniteLossError(RunCannotContinue):
     """Raised when the training loss becomes NaN or Inf; names the step."""
-
-
-class EvaluationInterrupted(Exception):
-    """A stop signal arrived during a validation or test pass (named by the message)."""
-
-
-class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks, so it can checkpoint and exit."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-        if self.received is None:
-            # Said at once (os.write is safe in a handler; logging's locks are not).
-            os.write(
-                2,
-                f"signal {signum} received: stopping after the current step or "
-                "evaluation batch, with a checkpoint\n".encode(),
-            )
-        self.received = signum
-
-    def batch_hook(self, what: str):
-        """An `evaluate_split` hook that stops a validation or test pass within one batch of a
-        signal (raising EvaluationInterrupted); all processes stop at the same batch."""
-        n_proc = jax.process_count()
-
-        def on_batch(batch, gbatch) -> None:
-            stop = self.received is not None
-            if n_proc > 1:
-                from jax.experimental import multihost_utils
-
-                stop = bool(np.any(multihost_utils.process_allgather(np.int32(stop))))
-                if stop and self.received is None:
-                    self.received = signal.SIGTERM
-            if stop:
-                raise EvaluationInterrupted(what)
-
-        return on_batch
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-# ---------------------------------------------------------------------------------------------
-# Start points.
-
-
-def _load_init_from(config, graphdef, state, tx) -> tuple[State, str]:
-    """Applies `config.init_from` (PyTorch weights file or Orbax checkpoint) to a fresh state."""
-    path = config.init_from
-    if path.endswith(weights.PYTORCH_EXTENSIONS):
-        params, batch_stats = weights.read_pytorch(
-            graphdef, state["params"], state["batch_stats"], path
-        )
-        what = f"PyTorch weights {path}"
-    else:
-        params, batch_stats, step = checkpoint.restore_weights(
-            path, state["params"], state["batch_stats"]
-        )
-        what = f"Orbax checkpoint {path} (step {step})"
-    state = {**state, "params": params, "batch_stats": batch_stats, "opt_state": tx.init(params)}
-    return state, what
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     config_validation.validate(config)  # before any data, compile or workdir work
     with (
-        _StopSignal() as stop,
+        StopSignal() as stop,
         checkpoint.disk_full_guard(workdir),
         workdir_lock.hold_for_job(workdir),
     ):
@@ -144,7 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, stop: _StopSignal
+    config: ml_collections.ConfigDict, workdir: str, stop: StopSignal
 ) -> dict[str, Any]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -190,7 +116,15 @@ def _train_and_evaluate(
         else:
             start_step = 0
             if config.init_from:
-                state, what = _load_init_from(config, graphdef, state, tx)
+                params, batch_stats, what = weights.load_init_from(
+                    config.init_from, graphdef, state["params"], state["batch_stats"]
+                )
+                state = {
+                    **state,
+                    "params": params,
+                    "batch_stats": batch_stats,
+                    "opt_state": tx.init(params),
+                }
                 logging.info("Initialised from %s", what)
             else:
                 logging.info("Fresh initialisation (seed %d)", config.seed)
@@ -238,7 +172,7 @@ class _TrainingRun:
 
     config: ml_collections.ConfigDict
     workdir: str
-    stop: _StopSignal
+    stop: StopSignal
     mesh: jax.sharding.Mesh
     manager: ocp.CheckpointManager
     writer: MetricWriter

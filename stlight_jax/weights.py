@@ -91,3 +91,13 @@ def load_model(
         else step,
     }
     return LoadedModel(config, graphdef, params, batch_stats, source)
+
+
+def load_init_from(path: str, graphdef: nnx.GraphDef, params: Any, batch_stats: Any):
+    """(params, batch_stats, description) of `config.init_from`: a PyTorch weights file (by
+    extension) or an Orbax checkpoint (best step if validated, else latest)."""
+    if path.endswith(PYTORCH_EXTENSIONS):
+        params, batch_stats = read_pytorch(graphdef, params, batch_stats, path)
+        return params, batch_stats, f"PyTorch weights {path}"
+    params, batch_stats, step = ckpt.restore_weights(path, params, batch_stats)
+    return params, batch_stats, f"Orbax checkpoint {path} (step {step})"
