@@ -196,6 +196,7 @@ def worker(args) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -211,6 +212,8 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlabel("training seconds (first-step compile included, evaluation excluded)")
     ax.set_ylabel("validation MSE per frame")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     m = result["machine"]
     ax.set_title(f"{result['config']}, {m['cpu_count']} CPU cores", fontsize=9)
     if ax.lines:
