@@ -30,7 +30,12 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file (default: <workdir>/config.json).", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Training workdir (its config.json and checkpoints).")
-flags.DEFINE_string("weights", None, "PyTorch state_dict (.pt/.pth/.safetensors) to convert.")
+flags.DEFINE_string(
+    "weights", None, "PyTorch weights (.pt/.pth/.ckpt/.safetensors; Figure 10 or STF layout)."
+)
+flags.DEFINE_string(
+    "key_map", None, "JSON of regex -> Figure 10 key, for --weights in another layout."
+)
 flags.DEFINE_string("checkpoint", None, "Orbax checkpoints dir or converted weights checkpoint.")
 flags.DEFINE_string(
     "step",
@@ -70,6 +75,7 @@ def main(argv):
             weights=FLAGS.weights,
             checkpoint=FLAGS.checkpoint,
             step=FLAGS.step,
+            key_map=FLAGS.key_map,
             split=FLAGS.split,
             mode=FLAGS.mode,
             input_path=FLAGS.input,

@@ -95,10 +95,12 @@ def load_model(
     checkpoint: str | None = None,
     weights: str | None = None,
     step: str | int | None = None,
+    key_map: str | None = None,
 ) -> LoadedModel:
     """Builds the network of `config` and loads weights from exactly one place.
 
-    `weights`: a PyTorch state_dict file (.pt/.pth/.ckpt/.safetensors) through the converter;
+    `weights`: a PyTorch state_dict file (.pt/.pth/.ckpt/.safetensors) through the converter,
+    in any layout `weight_layouts` recognises (`key_map`: JSON key map file(s) for others);
     `checkpoint`: an Orbax checkpoints dir or converted weights checkpoint; otherwise `workdir`.
     `step` ('best' | 'latest' | N) picks an Orbax step (see `checkpoint.restore_weights`).
     """
@@ -109,9 +111,15 @@ def load_model(
     if weights:
         if step is not None:
             raise ValueError("step selects an Orbax checkpoint step; it does not apply to weights")
-        convert.load_into_model(model, convert.load_state_dict_file(weights), source=weights)
+        state_dict, layout = convert.read_state_dict(weights, key_map)
+        convert.load_into_model(model, state_dict, source=weights)
         graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        source = {"kind": "pytorch_weights", "path": os.path.abspath(weights), "step": None}
+        source = {
+            "kind": "pytorch_weights",
+            "path": os.path.abspath(weights),
+            "layout": layout,
+            "step": None,
+        }
         return LoadedModel(config, graphdef, params, batch_stats, source)
     path = checkpoint or workdir
     if not path:
@@ -686,6 +694,7 @@ def run(
     weights: str | None = None,
     checkpoint: str | None = None,
     step: str | int | None = None,
+    key_map: str | None = None,
     split: str = "test",
     mode: str = "eval",
     input_path: str | None = None,
@@ -726,7 +735,16 @@ def run(
             if mode == "eval"
             else os.path.join(workdir, "predict")
         )
-    loaded = load_model(config, workdir=workdir, checkpoint=checkpoint, weights=weights, step=step)
+    if key_map and not weights:
+        raise ValueError("--key_map renames the keys of --weights; no --weights was given")
+    loaded = load_model(
+        config,
+        workdir=workdir,
+        checkpoint=checkpoint,
+        weights=weights,
+        step=step,
+        key_map=key_map,
+    )
     logging.info("loaded %s", loaded.source)
     if mode == "eval":
         return evaluate(loaded, split, out, num_samples, save_arrays, ssim_data_range)

@@ -339,8 +339,9 @@ def resolved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     for field in ("data_dir", "path", "test_file", "mnist_path", "tfds_dir"):
         if resolved.data.get(field):
             resolved.data[field] = os.path.abspath(resolved.data[field])
-    if resolved.get("init_from"):
-        resolved.init_from = os.path.abspath(resolved.init_from)
+    for field in ("init_from", "init_from_key_map"):
+        if resolved.get(field):
+            resolved[field] = os.path.abspath(resolved[field])
     return resolved
 
 
@@ -355,9 +356,11 @@ def _load_init_from(config, graphdef, state, tx) -> tuple[State, str]:
     if path.endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors")):
         from stlight_jax import convert
 
-        convert.load_into_model(model, convert.load_state_dict_file(path), source=path)
+        key_map = config.get("init_from_key_map") or None
+        state_dict, layout = convert.read_state_dict(path, key_map)
+        convert.load_into_model(model, state_dict, source=path)
         _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        what = f"PyTorch weights {path}"
+        what = f"PyTorch weights {path} ({layout} layout)"
     else:
         params, batch_stats, step = checkpoint.restore_weights(
             path, state["params"], state["batch_stats"]
