@@ -469,6 +469,9 @@ def load_config(spec: str) -> Any:
 
     import ml_collections
 
+    from stlight_jax.packaged_configs import resolve
+
+    spec = resolve(spec)  # 'configs/mmnist.py:S' from any directory: the installed copy
     if os.path.isdir(spec):
         spec = os.path.join(spec, "config.json")
     if spec.endswith(".json"):

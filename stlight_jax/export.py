@@ -93,7 +93,7 @@ def reference_module(loaded: Any) -> Any:
     cfg = loaded.model_config
     ref = reference_from_config(cfg)
     model = loaded_model(loaded)
-    state = {k: torch.from_numpy(v) for k, v in convert.model_state_dict(model).items()}
+    state = {k: torch.tensor(v) for k, v in convert.model_state_dict(model).items()}
     ref.load_state_dict(state, strict=True)
 
     class ChannelsLast(torch.nn.Module):
