@@ -212,3 +212,22 @@ def test_init_from_reads_stf_layout(tmp_path):
     loaded = convert.model_state_dict(nnx.merge(graphdef, state["params"], state["batch_stats"]))
     for k, v in zip(loaded, stf.state_dict().values(), strict=True):
         assert np.array_equal(loaded[k], v.numpy()), k
+
+
+def test_readme_key_map_example(tmp_path, rng):
+    """The README's key map, on a module named stem / blocks.{i}.dw / blocks.{i}.pw / head."""
+    import re
+
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    key_map = re.search(r"```json\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "map.json").write_text(key_map)
+    stf = _stf(seed=6)
+    renamed = {}
+    for k, v in stf.state_dict().items():
+        k = k.replace("encoder.encoder.", "stem.").replace("patch_reassemble.", "head.")
+        k = re.sub(r"translator\.(\d+)\.depthwise_conv\.", r"blocks.\1.dw.", k)
+        renamed[re.sub(r"translator\.(\d+)\.pointwise_conv\.", r"blocks.\1.pw.", k)] = v
+    torch.save({"model_state_dict": renamed, "epoch": 1}, tmp_path / "other.pt")
+    state, _ = convert.read_state_dict(str(tmp_path / "other.pt"), str(tmp_path / "map.json"))
+    x = rng.random((2, 3, 8, 8, 1), dtype=np.float32)
+    assert max_rel_err(_jax_forward(state, x), _torch_forward(stf, x)) < 1e-5
