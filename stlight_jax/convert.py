@@ -278,9 +278,27 @@ def read_weights_file(path: str) -> Any:
             "a .safetensors file does not"
         ) from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"cannot read {path!r} as a torch checkpoint: {e}") from e
+
+
+def _numpy_data_globals() -> list:
+    """numpy arrays and scalars for the weights_only unpickler: training checkpoints (STF's
+    trainer) store numpy RNG states and losses next to the weights. Data types only, no code;
+    numpy 1.x wrote the same functions under numpy.core."""
+    from numpy._core import multiarray
+
+    return [
+        np.ndarray,
+        np.dtype,
+        multiarray._reconstruct,
+        multiarray.scalar,
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        *(type(np.dtype(c)) for c in "?bBhHiIlLqQefdg"),
+    ]
 
 
 def load_state_dict_file(

@@ -8,6 +8,9 @@ writes a checkpoint the way STF's trainer does.
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -85,8 +88,9 @@ class STFModel(nn.Module):
 
 def save_like_stf_trainer(model: STFModel, cfg: ModelConfig, path, epoch: int = 7) -> None:
     """One Adam step on random data (so the optimizer state holds tensors), then the dict STF's
-    trainer saves: model, optimizer, scheduler and criterion states. Leaves `model` in eval mode
-    with the saved weights."""
+    trainer saves: model, optimizer, scheduler and criterion states, the epoch, the validation
+    loss and Python / numpy / torch RNG states. Leaves `model` in eval mode with the saved
+    weights."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=10)
     criterion = nn.MSELoss()
@@ -99,14 +103,19 @@ def save_like_stf_trainer(model: STFModel, cfg: ModelConfig, path, epoch: int = 
     optimizer.step()
     scheduler.step()
     model.eval()
+    # The dict of STF's Trainer_Base.save_checkpoint, entry for entry.
     torch.save(
         {
-            "epoch": epoch,
             "model_state_dict": model.state_dict(),
             "optimizer_state_dict": optimizer.state_dict(),
             "scheduler_state_dict": scheduler.state_dict(),
             "criterion_state_dict": criterion.state_dict(),
-            "best_val_loss": 0.0123,
+            "epoch": epoch,
+            "val_loss": np.float64(0.0123),
+            "random_python": random.getstate(),
+            "random_numpy": np.random.get_state(),  # noqa: NPY002 - what STF stores
+            "random_torch": torch.get_rng_state(),
+            "cuda": None,  # torch.cuda.get_rng_state_all() on a GPU machine
         },
         path,
     )
