@@ -148,6 +148,7 @@ def _config_file(tmp_path):
     return path
 
 
+@pytest.mark.slow  # three command-line runs
 def test_stf_checkpoint_through_evaluate_and_back_to_stf(tmp_path, rng):
     """The STF trainer's file goes through `evaluate.py --weights` with the PyTorch model's
     outputs, then `convert import` + `convert export --layout=stf` load back into STF's module."""
