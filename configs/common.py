@@ -29,10 +29,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.k2 = 7  # dilated depthwise kernel
     config.model.dilation = 3  # dilation of the k2 conv
     config.model.conv_impl = "auto"  # depthwise conv formulation: 'auto' | 'lax' | 'shifted'
+    # The paper's ablations (configs/ablations.py); the defaults are the paper's model.
+    config.model.init = "hybrid"  # 'hybrid' | 'kaiming_normal' | 'kaiming_uniform' (appendix D)
+    config.model.decoder = "shuffle_reassemble"  # | 'reassemble_shuffle' (appendix F)
+    config.model.skip = "thirds"  # 'thirds' | 'fifths' | 'none' (Table 4)
 
     # Data. `batch_size` is the global batch (split over processes and devices).
     config.data = ml_collections.ConfigDict()
-    config.data.name = "mmnist"  # 'mmnist' | 'taxibj' | 'kth' | 'custom'
+    config.data.name = "mmnist"  # 'mmnist' | 'taxibj' | 'kth' | 'kitticaltech' | 'custom'
     config.data.data_dir = "data"  # where datasets live and generated sets are cached
     config.data.batch_size = 16
     config.data.eval_batch_size = 16
@@ -41,9 +45,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.data.num_val = 1_000  # Moving MNIST: fixed held-out validation sequences
     config.data.num_test = 10_000  # Moving MNIST: fixed test sequences (MNIST test digits)
     config.data.mnist_path = ""  # optional user MNIST (idx files dir / .npz)
-    config.data.tfds_dir = ""  # optional prepared TFDS data_dir
+    config.data.tfds_dir = ""  # prepared TFDS data_dir (ArrayRecord): mnist digits, moving_mnist
     config.data.test_file = ""  # optional mnist_test_seq.npy (the paper's test set)
-    config.data.path = ""  # taxibj dataset.npz / kth root / custom .npy|.npz
+    config.data.test_source = "auto"  # Moving MNIST test set: 'auto' (test_file, else generated)
+    # | 'tfds' (TFDS moving_mnist in tfds_dir: the sequences of mnist_test_seq.npy)
+    config.data.path = ""  # taxibj dataset.npz / kth or kitticaltech root / custom .npy|.npz
     config.data.layout = "NTHWC"  # custom arrays: 'NTHWC' | 'NTCHW'
     config.data.value_range = (0.0, 1.0)  # custom arrays: declared range of the stored values
     config.data.worker_count = 0  # grain worker processes (0: in-process)

@@ -5,7 +5,7 @@
 
 The KTH model sizes are APPROXIMATE: the paper's table does not pin them down. Depth 16 and
 patch 2 with dims 264 / 548 / 736 / 920 (S / M / L / XL) match its parameter counts
-(REFERENCE.md section 6). Training: Adam, lr 5e-4, OneCycle (final_div 1e4), batch 12,
+(docs/conventions.md §6). Training: Adam, lr 5e-4, OneCycle (final_div 1e4), batch 12,
 100 epochs; persons 1-16 train, 17-25 test. Sized for one GPU. Paper, after 100 epochs (its
 largest model): MAE 363.8, PSNR 27.57, SSIM 0.9113.
 """

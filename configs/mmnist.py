@@ -2,7 +2,7 @@
 
     python train.py --config=configs/mmnist.py:L --workdir=runs/mmnist_l
 
-Sizes (REFERENCE.md section 6, fitted to the paper's Table 3): XS dim 800, S 1000, M 1200,
+Sizes (docs/conventions.md §6, fitted to the paper's Table 3): XS dim 800, S 1000, M 1200,
 L 1400; depth 16, patch 2, k1 3, k2 7, dilation 3. Training follows Table 2: Adam, lr 3e-3,
 OneCycle (final_div 1e4, beta1 cycled), batch 16, 200 epochs of 10,000 fresh sequences
 (625 steps each, 125,000 steps in all). Sized for one GPU of the H100 class; on CPU use

@@ -3,7 +3,7 @@
     python train.py --config=configs/taxibj.py:L --workdir=runs/taxibj_l \
         --config.data.path=/path/to/taxibj/dataset.npz
 
-Sizes (REFERENCE.md section 6): S dim 256 depth 12, M dim 256 depth 20, L dim 512 depth 10;
+Sizes (docs/conventions.md §6): S dim 256 depth 12, M dim 256 depth 20, L dim 512 depth 10;
 patch 1, k1 3, k2 7, dilation 3. Training follows Table 2: Adam, lr 3e-3, cosine schedule
 stepped per epoch (timm CosineLRScheduler, lr_min 1e-6), batch 16, 50 epochs. As in OpenSTL
 the validation split is the test split (`num_val=0`): the paper's numbers were selected that

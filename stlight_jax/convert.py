@@ -1,9 +1,9 @@
 """PyTorch <-> stlight-jax weights: state_dict import/export and a command line converter.
 
 Import reads a `.pt`/`.pth`/`.ckpt` (loaded with `weights_only=True`) or `.safetensors` file in
-any layout `weight_layouts` recognises (Figure 10 keys, the STF code's, training-checkpoint
-wrappers, user key maps); export writes Figure 10 keys (or `--layout=stf`), so import followed
-by export is the identity, bit for bit.
+any layout `weight_layouts` recognises (Figure 10 keys as in docs/conventions.md §1, the STF
+code's, training-checkpoint wrappers, user key maps); export writes Figure 10 keys (or
+`--layout=stf`), so import followed by export is the identity, bit for bit.
 
     python -m stlight_jax.convert import --config=configs/mmnist.py:S --weights=w.pth --out=ckpt
     python -m stlight_jax.convert export --config=configs/mmnist.py:S --checkpoint=ckpt \
@@ -13,164 +13,28 @@ by export is the identity, bit for bit.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from stlight_jax import weight_layouts
+from stlight_jax.layout import expected_torch_shapes, parameter_layout
 from stlight_jax.models import ModelConfig
-
-# Weight layouts: PyTorch OIHW conv kernels, Flax-style HWIO / (in, out) matrices here.
-_T = Callable[[np.ndarray], np.ndarray]
-
-
-def _conv_to_hwio(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
-
-
-def _hwio_to_conv(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.transpose(3, 2, 0, 1))
-
-
-def _depthwise_to_kkd(w: np.ndarray) -> np.ndarray:  # (d, 1, k, k) -> (k, k, d)
-    return np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))
-
-
-def _kkd_to_depthwise(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.transpose(2, 0, 1)[:, None])
-
-
-def _pointwise_to_matrix(w: np.ndarray) -> np.ndarray:  # (out, in, 1, 1) -> (in, out)
-    return np.ascontiguousarray(w[:, :, 0, 0].T)
-
-
-def _matrix_to_pointwise(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.T[:, :, None, None])
-
-
-def _identity(w: np.ndarray) -> np.ndarray:
-    return w
-
-
-def _count_to_torch(c: np.ndarray) -> np.ndarray:
-    return np.asarray(c, dtype=np.int64)
-
-
-def _count_from_torch(c: np.ndarray) -> np.ndarray:
-    return np.asarray(c, dtype=np.int32)
-
-
-# (collection, path inside it, torch suffix, torch->ours, ours->torch)
-_BN = [
-    ("params", ("scale",), "weight", _identity, _identity),
-    ("params", ("bias",), "bias", _identity, _identity),
-    ("batch_stats", ("mean",), "running_mean", _identity, _identity),
-    ("batch_stats", ("var",), "running_var", _identity, _identity),
-    ("batch_stats", ("count",), "num_batches_tracked", _count_from_torch, _count_to_torch),
-]
-
-
-def _entries(cfg: ModelConfig) -> Iterator[tuple[str, str, tuple, int | None, _T, _T]]:
-    """Yields (torch key, collection, our path, stack index or None, to_ours, to_torch)."""
-    yield (
-        "patch_encoder.0.weight",
-        "params",
-        ("patch_encoder", "kernel"),
-        None,
-        _conv_to_hwio,
-        _hwio_to_conv,
-    )
-    yield "patch_encoder.0.bias", "params", ("patch_encoder", "bias"), None, _identity, _identity
-    for coll, path, suffix, fwd, bwd in _BN:
-        yield f"patch_encoder.1.{suffix}", coll, ("patch_encoder", "norm", *path), None, fwd, bwd
-    for i in range(cfg.depth):
-        pre = f"net.{i}"
-        yield (
-            f"{pre}.0.fn.0.weight",
-            "params",
-            ("mixer", "dw1_kernel"),
-            i,
-            _depthwise_to_kkd,
-            _kkd_to_depthwise,
-        )
-        yield f"{pre}.0.fn.0.bias", "params", ("mixer", "dw1_bias"), i, _identity, _identity
-        yield (
-            f"{pre}.0.fn.1.weight",
-            "params",
-            ("mixer", "dw2_kernel"),
-            i,
-            _depthwise_to_kkd,
-            _kkd_to_depthwise,
-        )
-        yield f"{pre}.0.fn.1.bias", "params", ("mixer", "dw2_bias"), i, _identity, _identity
-        for coll, path, suffix, fwd, bwd in _BN:
-            yield f"{pre}.0.fn.3.{suffix}", coll, ("mixer", "norm1", *path), i, fwd, bwd
-        yield (
-            f"{pre}.1.0.weight",
-            "params",
-            ("mixer", "pw_kernel"),
-            i,
-            _pointwise_to_matrix,
-            _matrix_to_pointwise,
-        )
-        yield f"{pre}.1.0.bias", "params", ("mixer", "pw_bias"), i, _identity, _identity
-        for coll, path, suffix, fwd, bwd in _BN:
-            yield f"{pre}.1.2.{suffix}", coll, ("mixer", "norm2", *path), i, fwd, bwd
-    yield (
-        "patch_reassemble.weight",
-        "params",
-        ("patch_reassemble", "kernel"),
-        None,
-        _pointwise_to_matrix,
-        _matrix_to_pointwise,
-    )
-    yield (
-        "patch_reassemble.bias",
-        "params",
-        ("patch_reassemble", "bias"),
-        None,
-        _identity,
-        _identity,
-    )
-
-
-def expected_torch_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The Figure 10 state_dict keys for `cfg` and their shapes."""
-    d, k, kp = cfg.dim, cfg.k1, cfg.encoder_kernel
-    t_in, t_out = cfg.frames_in * cfg.channels, cfg.frames_out * cfg.channels
-    shapes = {
-        "patch_encoder.0.weight": (d, t_in, kp, kp),
-        "patch_encoder.0.bias": (d,),
-        "patch_reassemble.weight": (t_out, d // cfg.patch**2, 1, 1),
-        "patch_reassemble.bias": (t_out,),
-    }
-    bn = {
-        "weight": (d,),
-        "bias": (d,),
-        "running_mean": (d,),
-        "running_var": (d,),
-        "num_batches_tracked": (),
-    }
-    for s, shape in bn.items():
-        shapes[f"patch_encoder.1.{s}"] = shape
-    for i in range(cfg.depth):
-        shapes[f"net.{i}.0.fn.0.weight"] = (d, 1, k, k)
-        shapes[f"net.{i}.0.fn.0.bias"] = (d,)
-        shapes[f"net.{i}.0.fn.1.weight"] = (d, 1, cfg.k2, cfg.k2)
-        shapes[f"net.{i}.0.fn.1.bias"] = (d,)
-        shapes[f"net.{i}.1.0.weight"] = (d, d, 1, 1)
-        shapes[f"net.{i}.1.0.bias"] = (d,)
-        for s, shape in bn.items():
-            shapes[f"net.{i}.0.fn.3.{s}"] = shape
-            shapes[f"net.{i}.1.2.{s}"] = shape
-    return shapes
 
 
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor; no torch import needed to recognise it
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def _is_floating(dtype: np.dtype) -> bool:
+    """True for every floating dtype, ml_dtypes' bfloat16 and float8s included (their numpy
+    kind is 'V', not 'f')."""
+    import jax.numpy as jnp
+
+    return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
 def _check_keys(state_dict: Mapping[str, Any], cfg: ModelConfig, source: str) -> None:
@@ -229,11 +93,14 @@ def state_dict_to_variables(
             _check_keys({k: state_dict[k] for k in wrong}, cfg, source)
     stacked: dict[tuple, dict[int, np.ndarray]] = {}
     out: dict[str, dict] = {"params": {}, "batch_stats": {}}
-    for key, coll, path, index, to_ours, _ in _entries(cfg):
-        if key not in state_dict:
+    for entry in parameter_layout(cfg):
+        if entry.torch_key not in state_dict:
             continue
-        value = to_ours(state_dict[key])
-        if value.dtype.kind == "f":
+        coll, path, index = entry.collection, entry.path, entry.index
+        value = entry.kind.to_ours(state_dict[entry.torch_key])
+        if _is_floating(value.dtype):
+            # Parameters, BatchNorm statistics and hence Adam state are float32 whatever the
+            # file holds: a bfloat16 model would not restore into the float32 resume target.
             value = value.astype(np.float32, copy=False)
         if index is None:
             _set(out[coll], path, value)
@@ -253,11 +120,11 @@ def variables_to_state_dict(
     """{'params', 'batch_stats'} pure dicts (jax or numpy arrays) -> Figure 10 state_dict."""
     colls = {"params": params, "batch_stats": batch_stats}
     out: dict[str, np.ndarray] = {}
-    for key, coll, path, index, _, to_torch in _entries(cfg):
-        value = np.asarray(_get(colls[coll], path))
-        if index is not None:
-            value = value[index]
-        out[key] = to_torch(value)
+    for entry in parameter_layout(cfg):
+        value = np.asarray(_get(colls[entry.collection], entry.path))
+        if entry.index is not None:
+            value = value[entry.index]
+        out[entry.torch_key] = entry.kind.to_torch(value)
     return out
 
 

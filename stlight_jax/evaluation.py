@@ -580,7 +580,7 @@ def evaluate(
             "the textbook value and reads lower"
         ),
         "metric_definitions": (
-            "REFERENCE.md section 3: MSE/MAE are per-frame sums over C*H*W on unclipped "
+            "docs/conventions.md §3: MSE/MAE are per-frame sums over C*H*W on unclipped "
             "predictions; SSIM and PSNR on predictions clipped to [0, 1]; means over all "
             "N*frames_out frames; per_frame lists index the lead time 1..frames_out"
         ),

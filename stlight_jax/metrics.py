@@ -1,4 +1,4 @@
-"""MSE, MAE, SSIM and PSNR exactly as OpenSTL reports them (REFERENCE.md section 3), in JAX.
+"""MSE, MAE, SSIM and PSNR exactly as OpenSTL reports them (docs/conventions.md §3), in JAX.
 
 Arrays are NHWC video ``(B, T', H, W, C)`` on the model's [0, 1] scale. ``accumulate`` is pure
 and jittable and keeps per-lead-time sums, so a test set is streamed batch by batch; ``finalize``

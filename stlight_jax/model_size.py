@@ -1,6 +1,6 @@
 """Model size report: exact parameter count and FLOPs per sample, fvcore-style and true MACs.
 
-The paper's FLOP column comes from fvcore (REFERENCE.md section 6): a multiply-add counts 1,
+The paper's FLOP column comes from fvcore (docs/conventions.md §6): a multiply-add counts 1,
 eval-mode BatchNorm 2 per element, GELU/add/pixel shuffle 0, and the two padding='same'
 depthwise convs 0 because fvcore has no handler for `aten::_convolution_mode`. `true_macs`
 counts every convolution and matmul multiply-accumulate, including the depthwise convs, and
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from stlight_jax.layout import count_trainable
 from stlight_jax.models import ModelConfig
 
 
@@ -28,31 +29,28 @@ class ModelSize:
 
 
 def model_size(cfg: ModelConfig) -> ModelSize:
-    """Counts analytically from the config; tests check it against the built models."""
+    """Parameters from the layout table, FLOPs analytically; tests check both against the
+    built models."""
     cfg.validate()
     d, p, kp = cfg.dim, cfg.patch, cfg.encoder_kernel
     h, w = cfg.image_size
     latent = (h // p) * (w // p)
     t_in, t_out = cfg.frames_in * cfg.channels, cfg.frames_out * cfg.channels
     d_up = d // (p * p)
-    bn = 2 * d
-
-    encoder_params = t_in * d * kp * kp + d + bn
-    depthwise_params = d * cfg.k1**2 + d + d * cfg.k2**2 + d
-    block_params = depthwise_params + bn + d * d + d + bn
-    reassemble_params = d_up * t_out + t_out
-    params = encoder_params + cfg.depth * block_params + reassemble_params
 
     encoder_macs = latent * d * t_in * kp * kp
     pointwise_macs = latent * d * d
     depthwise_macs = latent * d * (cfg.k1**2 + cfg.k2**2)
-    reassemble_macs = h * w * d_up * t_out
+    if cfg.decoder == "reassemble_shuffle":  # 1x1 conv d -> T'*C*p^2 on the latent grid
+        reassemble_macs = latent * d * t_out * p * p
+    else:
+        reassemble_macs = h * w * d_up * t_out
     bn_flops = 2 * latent * d
 
     fvcore = encoder_macs + bn_flops + cfg.depth * (pointwise_macs + 2 * bn_flops)
     fvcore += reassemble_macs
     true = encoder_macs + cfg.depth * (pointwise_macs + depthwise_macs) + reassemble_macs
-    return ModelSize(params=params, fvcore_flops=fvcore, true_macs=true)
+    return ModelSize(params=count_trainable(cfg), fvcore_flops=fvcore, true_macs=true)
 
 
 def count_params(model) -> int:
@@ -63,7 +61,7 @@ def count_params(model) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-# The paper's Table 3 sizes (REFERENCE.md section 6): name -> (model fields, paper params,
+# The paper's Table 3 sizes (docs/conventions.md §6): name -> (model fields, paper params,
 # paper GFLOPs). Configs build their models from here so the table lives in one place.
 _MMNIST = dict(frames_in=10, frames_out=10, channels=1, image_size=(64, 64), depth=16, patch=2)
 _TAXIBJ = dict(frames_in=4, frames_out=4, channels=2, image_size=(32, 32), patch=1)

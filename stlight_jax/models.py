@@ -36,6 +36,10 @@ class ModelConfig:
     k2: int = 7
     dilation: int = 3
     conv_impl: str = "auto"
+    # The paper's ablations (appendices D and F, Table 4); the defaults are its choices.
+    init: str = "hybrid"
+    decoder: str = "shuffle_reassemble"
+    skip: str = "thirds"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> ModelConfig:
@@ -71,11 +75,16 @@ class ModelConfig:
             raise ValueError(f"model.overlap must be a non-negative integer, got {self.overlap!r}")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f"model.image_size must be (H, W) > 0, got {self.image_size!r}")
+        for name, choices in ABLATIONS.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(
+                    f"model.{name}={getattr(self, name)!r} is not one of {tuple(choices)}"
+                )
         h, w = self.image_size
         p = self.patch
         if h % p or w % p:
             raise ValueError(f"model.image_size {h}x{w} is not divisible by model.patch={p}")
-        if self.dim % (p * p):
+        if self.decoder == "shuffle_reassemble" and self.dim % (p * p):
             raise ValueError(
                 f"model.dim={self.dim} is not divisible by model.patch**2={p * p} "
                 "(the pixel shuffle needs dim/patch^2 channels)"
@@ -89,6 +98,14 @@ class ModelConfig:
                 "(overlap-1)*patch must be even"
             )
         ops.resolve_conv_impl(self.conv_impl)
+
+    @property
+    def skip_blocks(self) -> tuple[int, int]:
+        """(keep before block, add before block) of the inter-block skip; (-1, -1) for none."""
+        n = self.depth
+        return {"thirds": (n // 3, 2 * n // 3), "fifths": (n // 5, 4 * n // 5)}.get(
+            self.skip, (-1, -1)
+        )
 
     def check_input(self, shape: tuple[int, ...]) -> None:
         """Raises ValueError if an input of `shape` is not (B, frames_in, H, W, channels)."""
@@ -112,8 +129,19 @@ class ModelConfig:
                 )
 
 
+# Allowed values of the ablation fields. init: 'hybrid' = kaiming-normal (fan_out, relu, bias 0)
+# for encoder and mixer convs and PyTorch's default for the reassemble conv; 'kaiming_normal' =
+# that for every conv; 'kaiming_uniform' = PyTorch's default for every conv. decoder:
+# pixel-shuffle then the 1x1 conv, or the 1x1 conv (d -> T'*C*p^2) then the pixel shuffle.
+# skip: keep/add before blocks depth//3 and 2*depth//3, depth//5 and 4*depth//5, or no skip.
+ABLATIONS = {
+    "init": ("hybrid", "kaiming_normal", "kaiming_uniform"),
+    "decoder": ("shuffle_reassemble", "reassemble_shuffle"),
+    "skip": ("thirds", "fifths", "none"),
+}
+
 # ---------------------------------------------------------------------------------------------
-# Initialisers matching the paper's appendix D ("Hybrid").
+# Initialisers of the paper's appendix D.
 
 
 def kaiming_normal_fan_out(key: jax.Array, shape: tuple[int, ...], fan_out: int) -> jax.Array:
@@ -125,6 +153,25 @@ def torch_default_uniform(key: jax.Array, shape: tuple[int, ...], fan_in: int) -
     """PyTorch's default Conv2d init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), ...)."""
     bound = 1.0 / math.sqrt(fan_in)
     return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+def init_conv(
+    scheme: str,
+    torch_default: bool,
+    rngs: nnx.Rngs,
+    kernel_shape: tuple[int, ...],
+    bias_shape: tuple[int, ...],
+    fan_in: int,
+    fan_out: int,
+) -> tuple[jax.Array, jax.Array]:
+    """(kernel, bias) of one conv under init `scheme`; `torch_default` marks the conv that
+    'hybrid' leaves at PyTorch's default. Keys are drawn in a fixed order (kernel, then bias
+    only if random), so 'hybrid' draws exactly what it always drew for a given seed."""
+    if scheme == "kaiming_uniform" or (scheme == "hybrid" and torch_default):
+        kernel = torch_default_uniform(rngs.params(), kernel_shape, fan_in)
+        return kernel, torch_default_uniform(rngs.params(), bias_shape, fan_in)
+    kernel = kaiming_normal_fan_out(rngs.params(), kernel_shape, fan_out)
+    return kernel, jnp.zeros(bias_shape, jnp.float32)
 
 
 class BatchNorm(nnx.Module):
@@ -161,8 +208,10 @@ class PatchEncoder(nnx.Module):
         in_ch = cfg.frames_in * cfg.channels
         self.stride = cfg.patch
         self.padding = cfg.encoder_padding
-        self.kernel = nnx.Param(kaiming_normal_fan_out(rngs.params(), (k, k, in_ch, d), d * k * k))
-        self.bias = nnx.Param(jnp.zeros((d,), jnp.float32))
+        kernel, bias = init_conv(
+            cfg.init, False, rngs, (k, k, in_ch, d), (d,), in_ch * k * k, d * k * k
+        )
+        self.kernel, self.bias = nnx.Param(kernel), nnx.Param(bias)
         self.norm = BatchNorm(d)
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -178,109 +227,119 @@ class PatchEncoder(nnx.Module):
         return ops.gelu(self.norm(y, use_running_average))
 
 
-class MixerStack(nnx.Module):
-    """`depth` STLMixer blocks with parameters stacked on axis 0, and the 1/3-2/3 skip.
+class STLMixerBlock(nnx.Module):
+    """One STLMixer block: x = x + BN(GELU(DW_k2,dil(DW_k1(x)))); x = BN(GELU(Conv1x1(x))).
 
-    Block: x = x + BN(GELU(DW_k2,dil(DW_k1(x)))); x = BN(GELU(Conv1x1(x))).
-    Skip: before block depth//3 keep x1 = x; before block 2*depth//3 add x1 to x.
+    With `stack=(n,)` every parameter has a leading axis of n blocks (see `MixerStack`).
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        n, d, k1, k2 = cfg.depth, cfg.dim, cfg.k1, cfg.k2
-        self.depth = n
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: tuple[int, ...] = ()):
+        d, k1, k2 = cfg.dim, cfg.k1, cfg.k2
         self.dilation = cfg.dilation
         self.conv_impl = cfg.conv_impl
-        self.dw1_kernel = nnx.Param(
-            kaiming_normal_fan_out(rngs.params(), (n, k1, k1, d), d * k1 * k1)
+        # Depthwise convs have fan_in k*k (one input channel per group) and fan_out d*k*k.
+        dw1_kernel, dw1_bias = init_conv(
+            cfg.init, False, rngs, (*stack, k1, k1, d), (*stack, d), k1 * k1, d * k1 * k1
         )
-        self.dw1_bias = nnx.Param(jnp.zeros((n, d), jnp.float32))
-        self.dw2_kernel = nnx.Param(
-            kaiming_normal_fan_out(rngs.params(), (n, k2, k2, d), d * k2 * k2)
+        self.dw1_kernel, self.dw1_bias = nnx.Param(dw1_kernel), nnx.Param(dw1_bias)
+        dw2_kernel, dw2_bias = init_conv(
+            cfg.init, False, rngs, (*stack, k2, k2, d), (*stack, d), k2 * k2, d * k2 * k2
         )
-        self.dw2_bias = nnx.Param(jnp.zeros((n, d), jnp.float32))
-        self.norm1 = BatchNorm(d, stack=(n,))
-        self.pw_kernel = nnx.Param(kaiming_normal_fan_out(rngs.params(), (n, d, d), d))
-        self.pw_bias = nnx.Param(jnp.zeros((n, d), jnp.float32))
-        self.norm2 = BatchNorm(d, stack=(n,))
+        self.dw2_kernel, self.dw2_bias = nnx.Param(dw2_kernel), nnx.Param(dw2_bias)
+        self.norm1 = BatchNorm(d, stack=stack)
+        pw_kernel, pw_bias = init_conv(cfg.init, False, rngs, (*stack, d, d), (*stack, d), d, d)
+        self.pw_kernel, self.pw_bias = nnx.Param(pw_kernel), nnx.Param(pw_bias)
+        self.norm2 = BatchNorm(d, stack=stack)
         self.use_running_average = False
 
     def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
         eval_mode = self.use_running_average if use_running_average is None else use_running_average
-        train = not eval_mode
+        return self.block(x, eval_mode)
+
+    def block(self, x: jax.Array, eval_mode: bool) -> jax.Array:
+        """The block on unstacked parameters; BatchNorm updates its statistics unless eval_mode."""
         impl = ops.resolve_conv_impl(self.conv_impl)
         dtype = x.dtype
-        dilation = self.dilation
-        keep_at, add_at = self.depth // 3, 2 * self.depth // 3
+        h = ops.depthwise_conv(
+            x, self.dw1_kernel[...].astype(dtype), self.dw1_bias[...].astype(dtype), 1, impl
+        )
+        h = ops.depthwise_conv(
+            h,
+            self.dw2_kernel[...].astype(dtype),
+            self.dw2_bias[...].astype(dtype),
+            self.dilation,
+            impl,
+        )
+        x = x + self.norm1(ops.gelu(h), eval_mode)
+        h = jnp.einsum("bhwc,cd->bhwd", x, self.pw_kernel[...].astype(dtype))
+        return self.norm2(ops.gelu(h + self.pw_bias[...].astype(dtype)), eval_mode)
 
-        def block(carry, xs):
+
+class MixerStack(STLMixerBlock):
+    """`depth` STLMixer blocks, their parameters stacked on axis 0, and the inter-block skip.
+
+    Skip ('thirds'): before block depth//3 keep x1 = x; before block 2*depth//3 add x1 to x
+    ('fifths': depth//5 and 4*depth//5; 'none': no skip). A subclass so that the NNX paths
+    (`mixer/dw1_kernel`, ...) stay those of one block.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs, stack=(cfg.depth,))
+        self.depth = cfg.depth
+        self.skip_blocks = cfg.skip_blocks
+
+    def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+        eval_mode = self.use_running_average if use_running_average is None else use_running_average
+        train = not eval_mode
+        keep_at, add_at = self.skip_blocks  # (-1, -1): no skip
+        graphdef, params, stats = nnx.split(self, nnx.Param, nnx.BatchStat)
+
+        def body(carry, xs):
             x, x1 = carry
-            i, p = xs
+            i, block_params, block_stats = xs
             # The skip is a select inside the one scanned body rather than three scans.
             x1 = jnp.where(i == keep_at, x, x1)
             x = jnp.where(i == add_at, x + x1, x)
-            h = ops.depthwise_conv(
-                x, p["dw1_kernel"].astype(dtype), p["dw1_bias"].astype(dtype), 1, impl
-            )
-            h = ops.depthwise_conv(
-                h, p["dw2_kernel"].astype(dtype), p["dw2_bias"].astype(dtype), dilation, impl
-            )
-            h, m1, v1 = ops.batch_norm(ops.gelu(h), p["s1"], p["b1"], p["m1"], p["v1"], train)
-            x = x + h
-            h = jnp.einsum("bhwc,cd->bhwd", x, p["pw_kernel"].astype(dtype))
-            h = ops.gelu(h + p["pw_bias"].astype(dtype))
-            x, m2, v2 = ops.batch_norm(h, p["s2"], p["b2"], p["m2"], p["v2"], train)
-            return (x, x1), (m1, v1, m2, v2)
+            block = nnx.merge(graphdef, block_params, block_stats)
+            x = block.block(x, eval_mode)
+            return (x, x1), (nnx.state(block, nnx.BatchStat) if train else None)
 
-        params = {
-            "dw1_kernel": self.dw1_kernel[...],
-            "dw1_bias": self.dw1_bias[...],
-            "dw2_kernel": self.dw2_kernel[...],
-            "dw2_bias": self.dw2_bias[...],
-            "pw_kernel": self.pw_kernel[...],
-            "pw_bias": self.pw_bias[...],
-            "s1": self.norm1.scale[...],
-            "b1": self.norm1.bias[...],
-            "m1": self.norm1.mean[...],
-            "v1": self.norm1.var[...],
-            "s2": self.norm2.scale[...],
-            "b2": self.norm2.bias[...],
-            "m2": self.norm2.mean[...],
-            "v2": self.norm2.var[...],
-        }
         # Training scans one block body: compile time stays flat in depth (~4 s at depth 16 on
         # CPU, 16 s unrolled) and the step runs faster than unrolled. Inference has no
         # backward pass to compile and runs ~1.8x faster unrolled (MMNIST-S, batch 4, CPU).
-        (x, _), (m1, v1, m2, v2) = lax.scan(
-            block,
+        (x, _), new_stats = lax.scan(
+            body,
             (x, jnp.zeros_like(x)),
-            (jnp.arange(self.depth), params),
+            (jnp.arange(self.depth), params, stats),
             unroll=1 if train else self.depth,
         )
         if train:
-            for norm, mean, var in ((self.norm1, m1, v1), (self.norm2, m2, v2)):
-                norm.mean[...] = mean
-                norm.var[...] = var
-                norm.count[...] = norm.count[...] + 1
+            nnx.update(self, new_stats)
         return x
 
 
 class PatchReassemble(nnx.Module):
-    """Decoder: PyTorch-ordered PixelShuffle(p), then Conv2d(d/p^2 -> T'*C, kernel 1)."""
+    """Decoder: PyTorch-ordered PixelShuffle(p), then Conv2d(d/p^2 -> T'*C, kernel 1); or, with
+    decoder='reassemble_shuffle' (appendix F), Conv2d(d -> T'*C*p^2, kernel 1) then the shuffle."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        d_in = cfg.dim // cfg.patch**2
-        d_out = cfg.frames_out * cfg.channels
+        p2 = cfg.patch**2
+        self.shuffle_first = cfg.decoder == "shuffle_reassemble"
+        d_in = cfg.dim // p2 if self.shuffle_first else cfg.dim
+        d_out = cfg.frames_out * cfg.channels * (1 if self.shuffle_first else p2)
         self.patch = cfg.patch
         # The paper's Hybrid init keeps PyTorch's default init for this layer only.
-        self.kernel = nnx.Param(torch_default_uniform(rngs.params(), (d_in, d_out), d_in))
-        self.bias = nnx.Param(torch_default_uniform(rngs.params(), (d_out,), d_in))
+        kernel, bias = init_conv(cfg.init, True, rngs, (d_in, d_out), (d_out,), d_in, d_out)
+        self.kernel, self.bias = nnx.Param(kernel), nnx.Param(bias)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = ops.pixel_shuffle(x, self.patch)
+        if self.shuffle_first:
+            x = ops.pixel_shuffle(x, self.patch)
         dtype = x.dtype
-        return jnp.einsum("bhwc,cd->bhwd", x, self.kernel[...].astype(dtype)) + self.bias[
-            ...
-        ].astype(dtype)
+        x = jnp.einsum("bhwc,cd->bhwd", x, self.kernel[...].astype(dtype)) + self.bias[...].astype(
+            dtype
+        )
+        return x if self.shuffle_first else ops.pixel_shuffle(x, self.patch)
 
 
 class STLight(nnx.Module):
@@ -312,5 +371,5 @@ class STLight(nnx.Module):
 
 
 def create_model(cfg: ModelConfig, seed: int = 0, dtype: str = "float32") -> STLight:
-    """Builds an STLight with the paper's Hybrid initialisation from `seed`."""
+    """Builds an STLight initialised from `seed` as `cfg.init` says (default: Hybrid)."""
     return STLight(cfg, rngs=nnx.Rngs(params=seed), dtype=dtype)

@@ -1,7 +1,7 @@
 """Array-level building blocks of STLight: depthwise convs, PyTorch pixel shuffle, BatchNorm.
 
 Everything here is a pure function on NHWC arrays, so the model, the parity tests and the
-benchmarks share one implementation of each PyTorch convention (REFERENCE.md section 2).
+benchmarks share one implementation of each PyTorch convention (docs/conventions.md §2).
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = [f"configs/mmnist.py:{s}" for s in ("XS", "S", "M", "L", "cpu")]
 SPECS += [f"configs/taxibj.py:{s}" for s in ("S", "M", "L")]
 SPECS += [f"configs/kth.py:{s}" for s in ("S", "M", "L", "XL")] + ["configs/custom.py"]
+SPECS += [f"configs/kth40.py:{s}" for s in ("S", "M", "L", "XL")]
+SPECS += [f"configs/kitticaltech.py:{s}" for s in ("0.1M", "0.5M", "1M", "3M", "6M", "15M")]
+SPECS += ["configs/ablations.py:no_skip,XS", "configs/ablations.py:reassemble_shuffle"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -34,6 +37,41 @@ def test_config_builds_a_valid_model(spec):
 def test_unknown_size_is_an_error():
     with pytest.raises(ValueError, match="unknown size 'XXL'"):
         load_config(os.path.join(ROOT, "configs/mmnist.py:XXL"))
+    for name in ("kth40", "kitticaltech"):
+        with pytest.raises(ValueError, match=f"configs/{name}.py: unknown size 'XXL'"):
+            load_config(os.path.join(ROOT, f"configs/{name}.py:XXL"))
+
+
+def test_ablation_rows_change_one_switch_of_the_mmnist_config():
+    from configs import ablations
+
+    for row, switch in ablations.ROWS.items():
+        for size in ablations.SIZES:
+            c = load_config(os.path.join(ROOT, f"configs/ablations.py:{row},{size}"))
+            base = load_config(os.path.join(ROOT, f"configs/mmnist.py:{size}"))
+            assert c.model.to_dict() == {**base.model.to_dict(), **switch}, (row, size)
+            assert c.optimizer.to_dict() == base.optimizer.to_dict()
+    assert load_config(os.path.join(ROOT, "configs/ablations.py:no_skip")).model.dim == 1000
+    with pytest.raises(ValueError, match="configs/ablations.py: unknown row 'skip'"):
+        load_config(os.path.join(ROOT, "configs/ablations.py:skip"))
+    with pytest.raises(ValueError, match="configs/ablations.py: unknown size 'cpu'"):
+        load_config(os.path.join(ROOT, "configs/ablations.py:no_skip,cpu"))
+
+
+def test_kitticaltech_sizes_span_figure_4_with_the_stated_counts():
+    from configs import kitticaltech
+
+    doc = kitticaltech.__doc__
+    counts = []
+    for size, stated in kitticaltech.PARAMS.items():
+        c = load_config(os.path.join(ROOT, f"configs/kitticaltech.py:{size}"))
+        n = model_size(ModelConfig.from_config(c.model)).params
+        assert n == stated, size
+        assert f"{stated:,}" in doc, size  # the docstring table states the same count
+        counts.append(n)
+    assert 0.1e6 <= min(counts) < 0.15e6 and 14e6 < max(counts) <= 15e6
+    assert (c.model.frames_in, c.model.frames_out, c.model.channels) == (10, 1, 3)
+    assert tuple(c.model.image_size) == (128, 160)
 
 
 def test_table2_hyperparameters():
@@ -44,6 +82,13 @@ def test_table2_hyperparameters():
     assert (t.optimizer.learning_rate, t.optimizer.schedule, t.num_epochs) == (3e-3, "cosine", 50)
     k = load_config(os.path.join(ROOT, "configs/kth.py:L"))
     assert (k.optimizer.learning_rate, k.data.batch_size, k.num_epochs) == (5e-4, 12, 100)
+    k40 = load_config(os.path.join(ROOT, "configs/kth40.py:L"))
+    assert (k40.model.frames_in, k40.model.frames_out, k40.name) == (10, 40, "kth40_L")
+    assert k40.model.to_dict() == {**k.model.to_dict(), "frames_out": 40}
+    assert (k40.optimizer.to_dict(), k40.num_epochs) == (k.optimizer.to_dict(), 100)
+    kc = load_config(os.path.join(ROOT, "configs/kitticaltech.py:15M"))
+    assert (kc.optimizer.learning_rate, kc.data.batch_size, kc.num_epochs) == (1e-2, 8, 100)
+    assert (kc.optimizer.schedule, kc.optimizer.final_div_factor) == ("onecycle", 3000)
 
 
 def test_convert_cli_round_trip(tmp_path):

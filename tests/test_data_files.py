@@ -203,3 +203,26 @@ def test_kth_errors(tmp_path):
     c.data.path = str(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="nowhere: config.data.path is not a directory"):
         data.steps_per_epoch(c)
+
+
+def test_kth_10_to_40_uses_50_frame_windows_and_the_same_split(tmp_path):
+    from configs import kth40
+
+    root = _kth_root(tmp_path, frames=105, size=(8, 8))
+    c = kth40.get_config("S")
+    c.data.path, c.data.data_dir = str(root), str(tmp_path / "cache")
+    c.model.image_size, c.model.dim, c.model.depth = (8, 8), 16, 2
+    c.data.batch_size = c.data.eval_batch_size = 4
+    # 105 frames: boxing takes frames 56-105 and 6-55; running (stride 3) windows end at
+    # 105, 102, ..., 51 (19 windows). Persons 01 and 02 train, 17 tests.
+    ix = kth.load_index(str(root), kth.TRAIN_PERSONS, 50, c.data.data_dir)
+    starts = {}
+    for v, s in ix["windows"]:
+        starts.setdefault(ix["videos"][v], []).append(s)
+    assert starts["boxing/person01_boxing_d1_uncomp"] == [55, 5]
+    assert len(starts["running/person02_running_d1_uncomp"]) == 19
+    assert data.steps_per_epoch(c) == (2 * 2 + 2 * 19) // 4
+    b = next(data.create_train_iterator(c))
+    assert b["inputs"].shape == (4, 10, 8, 8, 1) and b["targets"].shape == (4, 40, 8, 8, 1)
+    test = list(data.create_eval_iterator(c, "test"))
+    assert sum(x["mask"].sum() for x in test) == 2 + 19

@@ -26,7 +26,7 @@ def _solid_digits(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _reference_positions(x: float, y: float, theta: float, frames: int, canvas: int = 36):
-    """REFERENCE.md section 5 written out independently: step, clamp-and-flip, int offsets."""
+    """docs/conventions.md §5 written out independently: step, clamp-and-flip, int offsets."""
     pos = np.array([y, x], np.float64)
     vel = np.array([math.sin(theta), math.cos(theta)])
     out = []

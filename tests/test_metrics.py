@@ -1,4 +1,4 @@
-"""Metrics against an independent float64 numpy reading of REFERENCE.md section 3 and skimage."""
+"""Metrics against an independent float64 numpy reading of docs/conventions.md §3 and skimage."""
 
 import jax
 import jax.numpy as jnp

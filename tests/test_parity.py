@@ -1,4 +1,4 @@
-"""Parity of the Flax model with the Figure 10 PyTorch reference (REFERENCE.md section 2 traps).
+"""Parity of the Flax model with the Figure 10 PyTorch reference (docs/conventions.md §2 traps).
 
 Random inputs, random weights and random BatchNorm statistics; several configs covering patch
 1 and 2, overlap 0/2/3, depth 3, 6 and 16 (the skip indices), 1 and 2 channels and T' != T;

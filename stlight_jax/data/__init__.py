@@ -1,4 +1,4 @@
-"""Datasets (Moving MNIST, TaxiBJ, KTH, custom arrays) behind one deterministic Grain pipeline."""
+"""Datasets (Moving MNIST, TaxiBJ, KTH, KITTI -> Caltech, custom) behind one Grain pipeline."""
 
 from stlight_jax.data.pipeline import (
     create_eval_iterator,

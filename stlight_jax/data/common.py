@@ -60,14 +60,32 @@ def check_frames_size_channels(
     check_patch(config, size, where)
 
 
-def check_range(arr: np.ndarray, lo: float, hi: float, where: str, chunk: int = 256) -> None:
-    """Scans `arr` (possibly memory-mapped) in chunks; ValueError if a value leaves [lo, hi]."""
+def check_range(
+    arr: np.ndarray, lo: float, hi: float, where: str, part: str = "", chunk: int = 256
+) -> None:
+    """Scans `arr` (possibly memory-mapped) in chunks; ValueError naming the first NaN/Inf (its
+    index and, when `where` does not say it, the split `part`), or if a value leaves [lo, hi]."""
     amin, amax = np.inf, -np.inf
     for s in range(0, len(arr), chunk):
-        part = np.asarray(arr[s : s + chunk])
-        if part.size:
-            amin, amax = min(amin, float(part.min())), max(amax, float(part.max()))
-    if amin < lo or amax > hi or np.isnan(amin) or np.isnan(amax):
+        part_chunk = np.asarray(arr[s : s + chunk])
+        if not part_chunk.size:
+            continue
+        if np.issubdtype(part_chunk.dtype, np.inexact):
+            finite = np.isfinite(part_chunk)
+            if not finite.all():
+                bad = tuple(int(i) for i in np.argwhere(~finite)[0])
+                value = part_chunk[bad]
+                index = (s + bad[0], *bad[1:])
+                split = f"{part} " if part else ""
+                raise ValueError(
+                    f"{where}: {split}sample {index[0]} holds a non-finite value ({value}) at "
+                    f"index {index} (the first one); NaN/Inf data would poison training and "
+                    "metrics"
+                )
+        # Python min/max would skip NaN; the chunk is all finite here.
+        amin = min(amin, float(part_chunk.min()))
+        amax = max(amax, float(part_chunk.max()))
+    if amin < lo or amax > hi:
         raise ValueError(
             f"{where}: values span [{amin:g}, {amax:g}] but the declared range is [{lo:g}, {hi:g}]"
         )

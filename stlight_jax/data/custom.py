@@ -72,7 +72,8 @@ class CustomArrays(common.ArrayDataset):
             common.check_frames_size_channels(
                 config, where, a.shape[1], size, ch, frames_what=f" (layout {d.layout})"
             )
-            common.check_range(a, lo, hi, f"{where} (config.data.value_range)")
+            part = "" if len(self._arrays) > 1 else f"{k} part,"
+            common.check_range(a, lo, hi, f"{where} (config.data.value_range)", part=part)
         parts = {k: len(a) for k, a in self._arrays.items()}
         if "test" not in parts:
             parts["test"] = 0

@@ -214,25 +214,10 @@ def load_user_digits(path: str) -> Digits:
 
 
 def load_tfds_digits(tfds_dir: str) -> Digits:
-    """Loads a prepared TFDS `mnist` from `tfds_dir` (needs tensorflow-datasets; no download)."""
-    try:
-        import tensorflow_datasets as tfds  # optional dependency
-    except ImportError as e:
-        raise ValueError(
-            f"{tfds_dir}: config.data.tfds_dir is set but tensorflow-datasets is not installed"
-        ) from e
-    builder = tfds.builder("mnist", data_dir=tfds_dir)
-    if not builder.is_prepared():
-        raise ValueError(f"{tfds_dir}: no prepared TFDS 'mnist' dataset in config.data.tfds_dir")
-    arrays = {}
-    for split in ("train", "test"):
-        try:  # ArrayRecord-prepared data needs no TensorFlow.
-            source = builder.as_data_source(split=split)
-            images = np.stack([source[i]["image"] for i in range(len(source))])
-        except Exception:  # noqa: BLE001 (tfrecord-prepared data: fall back to tf.data)
-            ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
-            images = tfds.as_numpy(ds)["image"]
-        arrays[split] = np.asarray(images, np.uint8).reshape(len(images), 28, 28)
+    """Loads a prepared TFDS `mnist` (ArrayRecord format) from `tfds_dir`, without TensorFlow."""
+    from stlight_jax.data import tfds_sources
+
+    arrays = tfds_sources.load_mnist_images(tfds_dir)
     return _split(arrays["train"], arrays["test"], f"TFDS mnist in {tfds_dir}")
 
 

@@ -1,6 +1,6 @@
 """Moving MNIST exactly as OpenSTL generates it, made random-access: sequence = f(seed, epoch, i).
 
-The process (REFERENCE.md section 5): per digit uniform x, y and theta, velocity (cos, sin),
+The process (docs/conventions.md §5): per digit uniform x, y and theta, velocity (cos, sin),
 step 0.1 on a (size - 28) px canvas, advance before recording a frame, clamp and flip at the
 walls, offset int(canvas * pos), overlay by max, values / 255.
 """
@@ -17,6 +17,9 @@ from stlight_jax.data import common
 from stlight_jax.data.mnist import Digits, load_digits
 
 STEP_LENGTH = 0.1
+# 'auto': config.data.test_file if set, else a stand-in generated from MNIST test digits;
+# 'tfds': TFDS `moving_mnist` (the sequences of mnist_test_seq.npy) from config.data.tfds_dir.
+TEST_SOURCES = ("auto", "tfds")
 # Stream tags keep train / val / test draws independent even for equal (epoch, index).
 _TAGS = {"train": 0, "val": 1, "test": 2}
 
@@ -112,6 +115,15 @@ class MovingMNIST(common.Dataset):
         self.seed = int(d.seed)
         self.num_digits = int(d.num_digits)
         self.train_size = int(d.num_train)
+        self.test_source = d.get("test_source", "auto")
+        if self.test_source not in TEST_SOURCES:
+            raise ValueError(
+                f"config.data.test_source={self.test_source!r}: expected one of {TEST_SOURCES}"
+            )
+        if self.test_source == "tfds" and d.test_file:
+            raise ValueError(
+                "config.data.test_source='tfds' and config.data.test_file are both set; keep one"
+            )
         self._test = None  # (T, N, H, W) uint8, loaded on first use
 
     def _generate(self, split: str, epoch: int, index: int) -> np.ndarray:
@@ -145,6 +157,11 @@ class MovingMNIST(common.Dataset):
                 f"Moving MNIST, {self.eval_size('val')} fixed sequences generated from "
                 f"{self.digits.source} held-out training digits (seed {self.seed})"
             )
+        if self.test_source == "tfds":
+            return (
+                f"Moving MNIST test set: TFDS moving_mnist in {self.config.data.tfds_dir} (the "
+                "sequences of mnist_test_seq.npy, in TFDS's stored order)"
+            )
         path = self.test_path()
         if self.config.data.test_file:
             return f"Moving MNIST test file {path}"
@@ -166,7 +183,13 @@ class MovingMNIST(common.Dataset):
 
     def _test_array(self) -> np.ndarray:
         if self._test is None:
-            if self.config.data.test_file:
+            if self.test_source == "tfds":
+                from stlight_jax.data import tfds_sources
+
+                d = self.config.data
+                arr = tfds_sources.moving_mnist_test(d.tfds_dir, d.data_dir)
+                self._test = check_test_array(arr, f"{d.tfds_dir} (TFDS moving_mnist)", self.config)
+            elif self.config.data.test_file:
                 self._test = load_test_file(self.config.data.test_file, self.config)
             else:
                 self._test = self._cached_test_set()
@@ -190,13 +213,19 @@ class MovingMNIST(common.Dataset):
 
 def load_test_file(path: str, config) -> np.ndarray:
     """Opens mnist_test_seq.npy ((T, N, H, W) uint8) and checks it against config.model."""
-    num_frames, (h, w) = _check_model_shape(config, path)
+    _check_model_shape(config, path)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: config.data.test_file does not exist")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: cannot read as .npy ({e})") from e
+    return check_test_array(arr, path, config)
+
+
+def check_test_array(arr: np.ndarray, path: str, config) -> np.ndarray:
+    """Checks a (T, N, H, W) uint8 test set against config.model; keeps num_test sequences."""
+    num_frames, (h, w) = _check_model_shape(config, path)
     if arr.ndim != 4 or arr.dtype != np.uint8:
         raise ValueError(
             f"{path}: expected uint8 (T, N, H, W) like mnist_test_seq.npy, got {arr.dtype} "

@@ -27,11 +27,18 @@ def _build(config) -> common.Dataset:
         from stlight_jax.data.kth import KTH
 
         return KTH(config)
+    if name == "kitticaltech":
+        from stlight_jax.data.kitticaltech import KittiCaltech
+
+        return KittiCaltech(config)
     if name == "custom":
         from stlight_jax.data.custom import CustomArrays
 
         return CustomArrays(config)
-    raise ValueError(f"config.data.name={name!r}: expected 'mmnist', 'taxibj', 'kth' or 'custom'")
+    raise ValueError(
+        f"config.data.name={name!r}: expected 'mmnist', 'taxibj', 'kth', 'kitticaltech' or "
+        "'custom'"
+    )
 
 
 _CACHE: dict[str, common.Dataset] = {}
