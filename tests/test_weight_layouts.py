@@ -232,3 +232,17 @@ def test_readme_key_map_example(tmp_path, rng):
     state, _ = convert.read_state_dict(str(tmp_path / "other.pt"), str(tmp_path / "map.json"))
     x = rng.random((2, 3, 8, 8, 1), dtype=np.float32)
     assert max_rel_err(_jax_forward(state, x), _torch_forward(stf, x)) < 1e-5
+
+
+@pytest.mark.parametrize("decoder", ["shuffle_reassemble", "reassemble_shuffle"])
+def test_every_layout_table_key_has_a_name_in_each_layout(decoder):
+    """The key grammar here covers the parameter layout table for every model variant."""
+    import dataclasses
+
+    from stlight_jax.layout import parameter_layout
+
+    keys = [e.torch_key for e in parameter_layout(dataclasses.replace(CFG, decoder=decoder))]
+    for layout in weight_layouts.LAYOUTS:
+        named = weight_layouts.from_paper(dict.fromkeys(keys), layout)
+        back, found = weight_layouts.to_paper({k: np.zeros(1) for k in named})
+        assert found == layout and list(back) == keys
