@@ -15,7 +15,8 @@ trained output length rolls out autoregressively.
 Multi-host: start the same command on every host with --coordinator_address, --num_processes
 and --process_id (or --distributed), as for train.py; every process reads its share of the
 split (predict mode: the whole --input, which must be the same file everywhere) and process 0
-writes the same files a single process would. Everything lives in `stlight_jax.evaluation.run`.
+writes the same files a single process would. Everything lives in `stlight_jax.evaluation.run`
+(and `stlight_jax.predict` for predict mode).
 """
 
 from stlight_jax.commands.evaluate import main

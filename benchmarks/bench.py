@@ -270,12 +270,12 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
         return m(inputs, use_running_average=True)
 
     step_fn = None
-    try:  # prefer the project's own step when it exists (stlight_jax/train.py)
-        from stlight_jax import train as train_lib
+    try:  # prefer the project's own step when it exists (stlight_jax/steps.py)
+        from stlight_jax import sharding, steps
 
-        _, state = train_lib.split_model(model, tx)
-        step = train_lib.make_train_step(graphdef, tx, lambda s: args.lr)
-        jitted = train_lib.jit_train_step(step, train_lib.create_mesh(jax.devices()[:1]))
+        _, state = steps.split_model(model, tx)
+        mesh = sharding.create_mesh(jax.devices()[:1])
+        jitted = steps.create_train_step(graphdef, tx, lambda s: args.lr, mesh)
         batch = {"inputs": xj, "targets": yj}
         holder = {"state": state}
 
@@ -283,7 +283,7 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
             holder["state"], out = jitted(holder["state"], batch)
             out["loss"].block_until_ready()
 
-        info["train_step"] = "stlight_jax.train.make_train_step"
+        info["train_step"] = "stlight_jax.steps.create_train_step"
     except (ImportError, AttributeError):
         step_fn = None
 

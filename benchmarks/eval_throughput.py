@@ -1,7 +1,8 @@
 """Evaluation throughput: a whole test split through stlight-jax's own evaluation path.
 
-Runs `train.evaluate_split` (the Grain eval pipeline, the jitted eval step with OpenSTL's
-metrics and both baselines, data-parallel over all local devices) on a synthetic test set of
+Runs `steps.evaluate_split`, the eval loop evaluate.py and training use (the Grain eval
+pipeline, the jitted eval step with OpenSTL's metrics and both baselines, data-parallel over
+all local devices; evaluate.py adds only its picture hook) on a synthetic test set of
 `--sequences` random uint8 videos stored as a custom-data .npz, so it needs no dataset. The
 first pass includes compilation; the reported figure is the median of the later passes.
 
@@ -57,8 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     from flax import nnx
 
     from benchmarks.bench import write_result
-    from stlight_jax import train
-    from stlight_jax.convert import load_config
+    from stlight_jax import sharding, steps
+    from stlight_jax.config_io import load_config, model_config
+    from stlight_jax.models import create_model
 
     config = load_config(args.config)
     if args.batch:
@@ -79,17 +81,16 @@ def main(argv: list[str] | None = None) -> dict:
         config.data.value_range = (0, 255)
         config.data.num_val = 0
 
-        mesh = train.create_mesh()
-        model = train.create_model(
-            train.model_config(config), seed=config.seed, dtype=config.compute_dtype
-        )
+        mesh = sharding.create_mesh()
+        model = create_model(model_config(config), seed=config.seed, dtype=config.compute_dtype)
         graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        eval_step = train.make_eval_step(graphdef, mesh)
+        eval_step = steps.create_eval_step(graphdef, mesh)
         times, result = [], None
         for _ in range(1 + args.passes):
             t = time.perf_counter()
-            result = train.evaluate_split(
-                config, eval_step, params, batch_stats, mesh, "test", not args.no_baselines
+            predictors = ("model",) if args.no_baselines else steps.PREDICTORS
+            result = steps.evaluate_split(
+                config, eval_step, params, batch_stats, mesh, "test", predictors
             )
             times.append(time.perf_counter() - t)
 

@@ -60,14 +60,14 @@ class Predictor:
         (autoregressive, as evaluate.py). Inputs run in batches of
         `config.data.eval_batch_size`; each input shape compiles once.
         """
-        from stlight_jax import evaluation
+        from stlight_jax import predict
 
         cfg = self.model_config
-        x, _ = evaluation.prepare_input(np.asarray(frames), cfg)
+        x, _ = predict.prepare_input(np.asarray(frames), cfg)
         if self._predict_fn is None:
-            self._predict_fn = evaluation.make_predict_fn(self._loaded)
+            self._predict_fn = predict.make_predict_fn(self._loaded)
         horizon = int(horizon if horizon is not None else cfg.frames_out)
-        return evaluation.rollout(self._predict_fn, x, horizon, cfg.frames_in, cfg.frames_out)[0]
+        return predict.rollout(self._predict_fn, x, horizon, cfg.frames_in, cfg.frames_out)[0]
 
     def __repr__(self) -> str:
         c = self.model_config
@@ -104,15 +104,15 @@ def resolve_source(source: str) -> tuple[str, str | None]:
 
 def load_any_config(config: Any) -> ml_collections.ConfigDict:
     """A ConfigDict as is; a config file spec ('configs/mmnist.py:S', a config.json, a workdir)
-    through `convert.load_config`."""
-    from stlight_jax import convert
+    through `config_io.load_config`."""
+    from stlight_jax import config_io
 
     if isinstance(config, ml_collections.ConfigDict):
         return config
     if isinstance(config, dict):
         return ml_collections.ConfigDict(config)
     if isinstance(config, (str, os.PathLike)):
-        return convert.load_config(os.fspath(config))
+        return config_io.load_config(os.fspath(config))
     raise ValueError(f"config must be a ConfigDict or a config file path, not {type(config)}")
 
 
@@ -123,11 +123,11 @@ def load_model_from(
     key_map: str | None = None,
     conv_impl: str | None = None,
 ):
-    """`source` (workdir, Orbax checkpoint or weights file) -> evaluation.LoadedModel.
+    """`source` (workdir, Orbax checkpoint or weights file) -> weights.LoadedModel.
 
     `conv_impl` overrides the config's depthwise conv formulation (same weights, same
     function; exports use the portable 'lax' one)."""
-    from stlight_jax import evaluation
+    from stlight_jax import weights
 
     kind, found = resolve_source(source)
     if config is None:
@@ -142,12 +142,12 @@ def load_model_from(
         config = ml_collections.ConfigDict(config.to_dict())
         config.model.conv_impl = conv_impl
     if kind == "weights":
-        return evaluation.load_model(config, weights=source, step=step, key_map=key_map)
+        return weights.load_model(config, weights=source, step=step, key_map=key_map)
     if key_map:
         raise ValueError("key_map renames the keys of a PyTorch weights file, not of a checkpoint")
     if kind == "workdir":
-        return evaluation.load_model(config, workdir=source, step=step)
-    return evaluation.load_model(config, checkpoint=source, step=step)
+        return weights.load_model(config, workdir=source, step=step)
+    return weights.load_model(config, checkpoint=source, step=step)
 
 
 def load(

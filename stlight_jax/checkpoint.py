@@ -35,17 +35,6 @@ class CorruptCheckpointError(ValueError):
     """A checkpoint restored without error but its arrays differ from what was saved."""
 
 
-class _DropNoMetricWarning(logging.Filter):
-    """Orbax warns on every save without metrics once `best_fn` is set; ours are deliberate
-    (mid-epoch and signal checkpoints have no validation MSE)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_DropNoMetricWarning())
-
-
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 

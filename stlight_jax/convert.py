@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import sys
 
+    from stlight_jax import config_io
+
     parser = argparse.ArgumentParser(
         prog="python -m stlight_jax.convert",
         description="Convert STLight weights between PyTorch (Figure 10 keys) and stlight-jax.",
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = config_io.load_config(args.config)
         if args.command == "import":
             where = import_to_checkpoint(
                 args.weights, config, args.out, not args.non_strict, args.key_map
@@ -341,36 +343,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {where}")
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-
-
-def load_config(spec: str) -> Any:
-    """The one way configs are read by path: 'configs/x.py[:arg]' -> get_config(arg); a saved
-    'config.json' (or a training workdir, meaning its config.json) -> that resolved ConfigDict.
-
-    `evaluation.load_workdir_config` reads a workdir's config.json through this function.
-    """
-    import importlib.util
-    import json
-
-    import ml_collections
-
-    from stlight_jax.packaged_configs import resolve
-
-    spec = resolve(spec)  # 'configs/mmnist.py:S' from any directory: the installed copy
-    if os.path.isdir(spec):
-        spec = os.path.join(spec, "config.json")
-    if spec.endswith(".json"):
-        if not os.path.isfile(spec):
-            raise FileNotFoundError(f"config file {spec!r} does not exist")
-        with open(spec) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location("_stlight_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 if __name__ == "__main__":

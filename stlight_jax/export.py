@@ -33,7 +33,7 @@ EXPORT_CONV_IMPL = "lax"
 
 def eval_forward(loaded: Any) -> Callable:
     """frames (N, T, H, W, C) -> float32 predictions, with the weights as constants."""
-    from stlight_jax.train import apply_model
+    from stlight_jax.steps import apply_model
 
     graphdef, params, batch_stats = loaded.graphdef, loaded.params, loaded.batch_stats
 

@@ -1,5 +1,5 @@
-"""Learning-rate / beta1 schedules (PyTorch OneCycleLR, timm per-epoch cosine) and the Adam
-optimizer factory that follows them update by update, reproducing torch.optim.Adam.
+"""Learning-rate / beta1 schedules as PyTorch's OneCycleLR and timm's per-epoch cosine compute
+them (docs/conventions.md §4); `optim.torch_adam` follows them update by update.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 # A schedule maps the 0-based update index to a value. Given a Python int or a numpy array it
 # computes in float64 numpy (for logging and for tests against PyTorch, which schedules in
@@ -209,10 +208,21 @@ def constant(value: float) -> Schedule:
     return schedule
 
 
-def _schedules(
-    config: ml_collections.ConfigDict, steps_per_epoch: int
-) -> tuple[Schedule, Schedule, Schedule]:
-    """(lr, beta1, 1 - beta1) schedules for `config.optimizer`, indexed by update."""
+class Schedules(NamedTuple):
+    """What update k (0-based) uses: learning rate, Adam beta1 and 1 - beta1 (formed directly
+    for precision, see `_onecycle_momentum`)."""
+
+    lr: Schedule
+    b1: Schedule
+    one_minus_b1: Schedule
+
+
+def create_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Schedules:
+    """The schedules of `config.optimizer`, built once for the optimizer and the logs.
+
+    'onecycle': total steps = num_epochs * steps_per_epoch, beta1 cycled when cycle_momentum;
+    'cosine': per epoch. beta1 is the constant config.optimizer.b1 when not cycled.
+    """
     opt = config.optimizer
     total_steps = int(config.num_epochs) * int(steps_per_epoch)
     if opt.schedule == "onecycle":
@@ -221,7 +231,9 @@ def _schedules(
         )
         if opt.cycle_momentum:
             args = (total_steps, opt.pct_start, opt.base_momentum, opt.max_momentum)
-            return lr_fn, _onecycle_momentum(*args, False), _onecycle_momentum(*args, True)
+            return Schedules(
+                lr_fn, _onecycle_momentum(*args, False), _onecycle_momentum(*args, True)
+            )
     elif opt.schedule == "cosine":
         lr_fn = cosine_epoch_lr(
             steps_per_epoch,
@@ -233,105 +245,4 @@ def _schedules(
         )
     else:
         raise ValueError(f"unknown config.optimizer.schedule {opt.schedule!r}")
-    return lr_fn, constant(opt.b1), constant(1.0 - opt.b1)
-
-
-def create_schedules(
-    config: ml_collections.ConfigDict, steps_per_epoch: int
-) -> tuple[Schedule, Schedule]:
-    """Returns (lr_fn, b1_fn): the learning rate and Adam beta1 used by update k (0-based).
-
-    `config.optimizer.schedule` 'onecycle' (total steps = num_epochs * steps_per_epoch, beta1
-    cycled when cycle_momentum) or 'cosine' (per epoch); beta1 is the constant
-    config.optimizer.b1 when not cycled.
-    """
-    lr_fn, b1_fn, _ = _schedules(config, steps_per_epoch)
-    return lr_fn, b1_fn
-
-
-class TorchAdamState(NamedTuple):
-    """State of `torch_adam`: `count` updates done so far, first and second moments."""
-
-    count: jax.Array  # int32 scalar
-    mu: optax.Updates
-    nu: optax.Updates
-
-
-def torch_adam(
-    learning_rate: float | Schedule,
-    b1: float | Schedule = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    *,
-    one_minus_b1: Schedule | None = None,
-) -> optax.GradientTransformation:
-    """torch.optim.Adam (amsgrad=False, the single-tensor CPU path) with scheduled lr and beta1.
-
-    For update k (count k before it, t = k + 1), as torch/optim/adam.py `_single_tensor_adam`:
-
-      g   = grad + weight_decay * param      (torch's L2 style, not AdamW's decoupled decay)
-      m   = m + (1 - beta1_k) * (g - m)      (exp_avg.lerp_(grad, 1 - beta1))
-      v   = v * b2 + (1 - b2) * g * g
-      p  -= lr_k / (1 - beta1_k**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)
-
-    The bias correction uses the *current* beta1 for all t, as torch does when OneCycleLR
-    cycles it. The state holds the update count, so the transform is a pure function that can
-    live inside a jitted train step. `one_minus_b1`, if given, supplies 1 - beta1 directly for
-    precision (see `_onecycle_momentum`); otherwise it is computed as 1 - b1(k).
-    """
-    lr_fn = learning_rate if callable(learning_rate) else constant(learning_rate)
-    if one_minus_b1 is None:
-        b1_fn = b1 if callable(b1) else constant(b1)
-        one_minus_b1 = lambda k: 1.0 - b1_fn(k)
-    log_b2 = math.log(b2)  # float64, then used as a float32 constant
-
-    def init_fn(params: optax.Params) -> TorchAdamState:
-        zeros = lambda p: jnp.zeros_like(p)
-        return TorchAdamState(
-            count=jnp.zeros([], jnp.int32),
-            mu=jax.tree.map(zeros, params),
-            nu=jax.tree.map(zeros, params),
-        )
-
-    def update_fn(
-        updates: optax.Updates, state: TorchAdamState, params: optax.Params | None = None
-    ) -> tuple[optax.Updates, TorchAdamState]:
-        k = state.count
-        if weight_decay:
-            if params is None:
-                raise ValueError("torch_adam with weight_decay > 0 needs params in update()")
-            updates = jax.tree.map(lambda g, p: g + weight_decay * p, updates, params)
-        t = (k + 1).astype(jnp.float32)
-        lr = lr_fn(k)
-        omb1 = one_minus_b1(k)
-        # 1 - beta**t as -expm1(t * log1p(-(1 - beta))): accurate where beta**t is near 1.
-        bias1 = -jnp.expm1(t * jnp.log1p(-omb1))
-        bias2_sqrt = jnp.sqrt(-jnp.expm1(t * log_b2))
-        step_size = lr / bias1
-        mu = jax.tree.map(lambda m, g: m + omb1.astype(m.dtype) * (g - m), state.mu, updates)
-        nu = jax.tree.map(lambda v, g: v * b2 + (1.0 - b2) * g * g, state.nu, updates)
-
-        def direction(m: jax.Array, v: jax.Array) -> jax.Array:
-            denom = jnp.sqrt(v) / bias2_sqrt.astype(v.dtype) + eps
-            return -step_size.astype(m.dtype) * (m / denom)
-
-        new_updates = jax.tree.map(direction, mu, nu)
-        return new_updates, TorchAdamState(count=optax.safe_increment(k), mu=mu, nu=nu)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def create_optimizer(
-    config: ml_collections.ConfigDict, steps_per_epoch: int
-) -> optax.GradientTransformation:
-    """Adam as torch.optim.Adam with lr and beta1 following `create_schedules` every update.
-
-    weight_decay > 0 is torch Adam's L2 term added to the gradient (not AdamW). Use with
-    `optax.apply_updates`; pass `params` to `update` when weight_decay > 0.
-    """
-    opt = config.optimizer
-    lr_fn, _, omb1_fn = _schedules(config, steps_per_epoch)
-    return torch_adam(
-        lr_fn, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, one_minus_b1=omb1_fn
-    )
+    return Schedules(lr_fn, constant(opt.b1), constant(1.0 - opt.b1))

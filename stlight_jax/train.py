@@ -1,310 +1,41 @@
-"""Training library: the pure jitted train/eval steps and `train_and_evaluate(config, workdir)`.
-
-Data parallelism is `jax.jit` over a ('data',) mesh spanning every device of every process:
-the state is replicated, the batch is sharded along its first axis, and BatchNorm statistics
-are therefore computed over the global batch (PyTorch DDP computes them per GPU unless
-SyncBatchNorm is used). Each process feeds only its share of the batch.
+"""The training loop, `train_and_evaluate(config, workdir)`: train.py's library and the top of
+the package (nothing in it imports this module). The jitted steps are in `steps`, the data
+parallelism in `sharding`; each process feeds only its share of every batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from stlight_jax import checkpoint, data, metrics, schedules
+from stlight_jax import checkpoint, data, optim, schedules, weights
+from stlight_jax.config_io import model_config, save_workdir_config
 from stlight_jax.model_size import model_size
-from stlight_jax.models import ModelConfig, STLight, create_model
+from stlight_jax.sharding import create_mesh, global_batch, replicated
+from stlight_jax.steps import (
+    State,
+    create_eval_step,
+    create_train_state,
+    create_train_step,
+    evaluate_split,
+)
+from stlight_jax.writers import MetricWriter, Progress, write_json
 
 if TYPE_CHECKING:
     import orbax.checkpoint as ocp
 
-State = dict[str, Any]  # {'params', 'batch_stats', 'opt_state', 'step'}
-
 
 class NonFiniteLossError(RuntimeError):
     """Raised when the training loss becomes NaN or Inf; names the step."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Model, state and mesh.
-
-
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-    return ModelConfig.from_config(config.model)
-
-
-def create_mesh(devices: Iterable[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A 1-D ('data',) mesh over all devices (of all processes) unless `devices` is given."""
-    devices = np.asarray(list(devices) if devices is not None else jax.devices())
-    return jax.sharding.Mesh(devices, ("data",))
-
-
-def create_train_state(
-    config: ml_collections.ConfigDict, tx: optax.GradientTransformation
-) -> tuple[nnx.GraphDef, State]:
-    """Builds the model (Hybrid init from `config.seed`) and the initial training state."""
-    model = create_model(model_config(config), seed=config.seed, dtype=config.compute_dtype)
-    return split_model(model, tx)
-
-
-def split_model(model: STLight, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, State]:
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    state = {
-        "params": params,
-        "batch_stats": batch_stats,
-        "opt_state": tx.init(params),
-        "step": jnp.zeros((), jnp.int32),
-    }
-    return graphdef, state
-
-
-def apply_model(
-    graphdef: nnx.GraphDef, params: Any, batch_stats: Any, inputs: jax.Array, train: bool
-) -> tuple[jax.Array, Any]:
-    """Runs the model; returns (predictions in float32, updated batch stats)."""
-    # copy=True: fresh Variables at this trace level (inside grad), so BatchNorm may update them.
-    model = nnx.merge(graphdef, params, batch_stats, copy=True)
-    pred = model(inputs, use_running_average=not train)
-    return pred.astype(jnp.float32), nnx.state(model, nnx.BatchStat)
-
-
-def make_train_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lr_fn: Callable[[Any], Any]
-) -> Callable[[State, dict], tuple[State, dict]]:
-    """The pure step (state, batch) -> (new state, {'loss', 'lr', 'params_finite'}).
-
-    Element-mean MSE loss; 'loss' and 'lr' are those of the update just made (0-based step
-    `state['step']`), 'params_finite' says whether every updated parameter is finite.
-    """
-
-    def train_step(state: State, batch: dict) -> tuple[State, dict]:
-        def loss_fn(params):
-            pred, new_stats = apply_model(
-                graphdef, params, state["batch_stats"], batch["inputs"], train=True
-            )
-            return jnp.mean(jnp.square(pred - batch["targets"])), new_stats
-
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        new_params = optax.apply_updates(state["params"], updates)
-        # The loss is that of the params *before* this update; an update can still overflow
-        # them, and the checkpoint written after this step must not hold Inf/NaN weights.
-        params_finite = jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_params)])
-        )
-        new_state = {
-            "params": new_params,
-            "batch_stats": new_stats,
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }
-        return new_state, {"loss": loss, "lr": lr_fn(state["step"]), "params_finite": params_finite}
-
-    return train_step
-
-
-def jit_train_step(train_step, mesh: jax.sharding.Mesh):
-    """jit with the state replicated and donated, the batch sharded over 'data'."""
-    replicated = NamedSharding(mesh, P())
-    return jax.jit(
-        train_step,
-        in_shardings=(replicated, NamedSharding(mesh, P("data"))),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
-
-
-def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, ssim_data_range: float = 2.0):
-    """Jitted (params, batch_stats, batch, accumulators) -> accumulators for the model and the
-    two baselines ('zeros': predict 0, 'last_frame': repeat the last input frame)."""
-    replicated = NamedSharding(mesh, P())
-
-    def eval_step(params, batch_stats, batch, accs):
-        pred, _ = apply_model(graphdef, params, batch_stats, batch["inputs"], train=False)
-        frames_out = batch["targets"].shape[1]
-        last = jnp.repeat(batch["inputs"][:, -1:], frames_out, axis=1).astype(jnp.float32)
-        preds = {"model": pred, "zeros": jnp.zeros_like(pred), "last_frame": last}
-        return {
-            name: metrics.accumulate(
-                accs[name], preds[name], batch["targets"], batch["mask"], ssim_data_range
-            )
-            for name in accs
-        }
-
-    return jax.jit(
-        eval_step,
-        in_shardings=(replicated, replicated, NamedSharding(mesh, P("data")), replicated),
-        out_shardings=replicated,
-    )
-
-
-def global_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
-    """Per-process numpy batch -> global jax arrays sharded along the batch axis."""
-    sharding = NamedSharding(mesh, P("data"))
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
-    }
-
-
-def evaluate_split(
-    config: ml_collections.ConfigDict,
-    eval_step,
-    params,
-    batch_stats,
-    mesh: jax.sharding.Mesh,
-    split: str,
-    baselines: bool = True,
-) -> dict[str, dict]:
-    """OpenSTL metrics on a whole split: {'model': {...}, 'zeros': {...}, 'last_frame': {...}}."""
-    names = ("model", "zeros", "last_frame") if baselines else ("model",)
-    frames_out = config.model.frames_out
-    accs = jax.device_put(
-        {n: metrics.init_accumulator(frames_out) for n in names}, NamedSharding(mesh, P())
-    )
-    batches = data.create_eval_iterator(
-        config, split=split, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    for batch in batches:
-        accs = eval_step(params, batch_stats, global_batch(batch, mesh), accs)
-    return {n: metrics.finalize(jax.device_get(accs[n])) for n in names}
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging helpers.
-
-
-def quiet_library_logs() -> None:
-    """Drops Orbax's per-save INFO chatter and its notes on read-only managers (which
-    evaluation opens on purpose) from the absl log; other warnings and errors still show."""
-    benign = ("read_only=True", "is read only", "Given directory is read only")
-
-    class _Filter(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            if "/orbax/" not in record.pathname:
-                return True
-            if record.levelno >= logging.ERROR:
-                return True
-            return record.levelno >= logging.WARNING and not any(
-                b in str(record.msg) for b in benign
-            )
-
-    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-        handler.addFilter(_Filter())
-    logging.getLogger("absl").addFilter(_Filter())
-
-
-class MetricWriter:
-    """metrics.jsonl plus TensorBoard event files (tensorboardX: no TensorFlow needed).
-
-    Only process 0 writes.
-    """
-
-    def __init__(self, workdir: str):
-        self.active = jax.process_index() == 0
-        self._tb = None
-        if self.active:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    def write(self, step: int, values: dict[str, Any]) -> None:
-        if not self.active:
-            return
-        record = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        for k, v in values.items():
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self._tb.add_scalar(k, v, step)
-        self._tb.flush()
-
-    def close(self) -> None:
-        if self.active:
-            self._jsonl.close()
-            self._tb.close()
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # strict JSON has no inf/nan
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-class _Progress:
-    """tqdm bar with steps/s, samples/s and ETA on a terminal; periodic log lines otherwise."""
-
-    def __init__(self, total: int, initial: int, batch_size: int, log_every: int):
-        self.batch_size = batch_size
-        self.log_every = max(1, log_every)
-        self.total = total
-        self.bar = None
-        self._t0, self._s0 = time.time(), initial
-        if jax.process_index() == 0 and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-    def restart_clock(self, step: int) -> None:
-        """Measures rates from here: the first step includes compilation and would skew them."""
-        self._t0, self._s0 = time.time(), step
-
-    def update(self, step: int, loss: float | None) -> None:
-        elapsed = max(time.time() - self._t0, 1e-9)
-        rate = (step - self._s0) / elapsed
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            postfix = {"samples/s": f"{rate * self.batch_size:.1f}"}
-            if loss is not None:
-                postfix["loss"] = f"{loss:.5f}"
-            self.bar.set_postfix(postfix, refresh=False)
-        elif loss is not None and jax.process_index() == 0:
-            eta = (self.total - step) / rate if rate > 0 else float("inf")
-            logging.info(
-                "step %d/%d loss %.6f | %.2f steps/s %.1f samples/s | ETA %s",
-                step,
-                self.total,
-                loss,
-                rate,
-                rate * self.batch_size,
-                _fmt_time(eta),
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _fmt_time(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h:d}:{m:02d}:{s:02d}"
 
 
 class _StopSignal:
@@ -332,19 +63,6 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
-def resolved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy with every path field made absolute, so the saved config.json works from any
-    working directory (evaluate.py, export)."""
-    resolved = ml_collections.ConfigDict(config.to_dict())
-    for field in ("data_dir", "path", "test_file", "mnist_path", "tfds_dir"):
-        if resolved.data.get(field):
-            resolved.data[field] = os.path.abspath(resolved.data[field])
-    for field in ("init_from", "init_from_key_map"):
-        if resolved.get(field):
-            resolved[field] = os.path.abspath(resolved[field])
-    return resolved
-
-
 # ---------------------------------------------------------------------------------------------
 # Start points.
 
@@ -352,14 +70,11 @@ def resolved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 def _load_init_from(config, graphdef, state, tx) -> tuple[State, str]:
     """Applies `config.init_from` (PyTorch weights file or Orbax checkpoint) to a fresh state."""
     path = config.init_from
-    model = nnx.merge(graphdef, state["params"], state["batch_stats"])
-    if path.endswith((".pt", ".pth", ".ckpt", ".bin", ".safetensors")):
-        from stlight_jax import convert
-
+    if path.endswith(weights.PYTORCH_EXTENSIONS):
         key_map = config.get("init_from_key_map") or None
-        state_dict, layout = convert.read_state_dict(path, key_map)
-        convert.load_into_model(model, state_dict, source=path)
-        _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        params, batch_stats, layout = weights.read_pytorch(
+            graphdef, state["params"], state["batch_stats"], path, key_map
+        )
         what = f"PyTorch weights {path} ({layout} layout)"
     else:
         params, batch_stats, step = checkpoint.restore_weights(
@@ -409,15 +124,13 @@ def _train_and_evaluate(
     size = model_size(cfg)
     logging.info("STLight %s: %s", config.name, size.summary())
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(resolved_config(config).to_json_best_effort(indent=2))
+        save_workdir_config(config, workdir)
 
     steps_per_epoch = data.steps_per_epoch(config)
     total_steps = steps_per_epoch * config.num_epochs
-    tx = schedules.create_optimizer(config, steps_per_epoch)
-    lr_fn, _ = schedules.create_schedules(config, steps_per_epoch)
+    scheds = schedules.create_schedules(config, steps_per_epoch)
+    tx = optim.create_optimizer(config, scheds)
     graphdef, state = create_train_state(config, tx)
-    replicated = NamedSharding(mesh, P())
 
     train_iter = data.create_train_iterator(
         config, process_index=jax.process_index(), process_count=n_proc
@@ -425,7 +138,7 @@ def _train_and_evaluate(
     manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir))
     writer = None
     try:
-        target = jax.device_put(state, replicated)
+        target = jax.device_put(state, replicated(mesh))
         restored = checkpoint.restore_latest_readable(manager, checkpoint.abstract_like(target))
         del target
         if restored is not None:
@@ -439,7 +152,7 @@ def _train_and_evaluate(
                 logging.info("Initialised from %s", what)
             else:
                 logging.info("Fresh initialisation (seed %d)", config.seed)
-            state = jax.device_put(state, replicated)
+            state = jax.device_put(state, replicated(mesh))
 
         writer = MetricWriter(workdir)
         if start_step == 0:
@@ -463,8 +176,8 @@ def _train_and_evaluate(
             manager=manager,
             writer=writer,
             train_iter=train_iter,
-            train_step=jit_train_step(make_train_step(graphdef, tx, lr_fn), mesh),
-            eval_step=make_eval_step(graphdef, mesh),
+            train_step=create_train_step(graphdef, tx, scheds.lr, mesh),
+            eval_step=create_eval_step(graphdef, mesh),
             steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,
         )
@@ -489,7 +202,7 @@ class _TrainingRun:
     writer: MetricWriter
     train_iter: Any  # next(): a process-local batch; get_state()/set_state(): resume; close()
     train_step: Callable[[State, dict], tuple[State, dict]]  # jitted, donates the state
-    eval_step: Callable[..., dict]  # from make_eval_step
+    eval_step: Callable[..., dict]  # from steps.create_eval_step
     steps_per_epoch: int
     total_steps: int
 
@@ -499,7 +212,7 @@ def _train_then_test(run: _TrainingRun, state: State, start_step: int) -> dict[s
     saves and returns {'interrupted_at_step': step} instead."""
     n_proc = jax.process_count()
     log_every = max(1, run.config.log_every_steps)
-    progress = _Progress(run.total_steps, start_step, run.config.data.batch_size, log_every)
+    progress = Progress(run.total_steps, start_step, run.config.data.batch_size, log_every)
     pending: list[tuple[int, dict]] = []  # (step, step metrics) not yet fetched
 
     def flush_pending() -> float | None:
@@ -597,7 +310,7 @@ def _validate(run: _TrainingRun, state: State, step: int, epoch: int) -> float:
         state["batch_stats"],
         run.mesh,
         "val",
-        baselines=False,
+        predictors=("model",),
     )
     val_mse = val["model"]["mse"]
     run.writer.write(
@@ -642,8 +355,7 @@ def _test_best_checkpoint(
     }
     run.writer.write(step, {f"test_{k}": v for k, v in test["model"].items() if k != "per_frame"})
     if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, "test_metrics.json"), "w") as f:
-            json.dump(_jsonable(result), f, indent=2)
+        write_json(os.path.join(run.workdir, "test_metrics.json"), result)
         logging.info("test (best checkpoint, step %d) on %s", best, result["data_source"])
         for name in test:
             m = test[name]

@@ -6,6 +6,7 @@ Frames are (T, H, W, C) float arrays on the model's [0, 1] scale; values are cli
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -197,3 +198,45 @@ def plot_lead_time(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _frame_indices(start: int, count: int) -> list[int]:
+    return list(range(start, start + count))
+
+
+def write_sample_pictures(
+    out_dir: str,
+    index: int,
+    inputs: np.ndarray,
+    targets: np.ndarray | None,
+    pred: np.ndarray,
+    pred_captions: list[str] | None = None,
+    prefix: str = "sample",
+) -> dict[str, str]:
+    """`<prefix>_<i>.png` (input | truth | prediction | |error| rows) and `<prefix>_<i>.gif`.
+
+    Without targets (predict mode) the strip has input and prediction rows and the GIF shows
+    the inputs followed by the forecast.
+    """
+    t_in, t_out = inputs.shape[0], pred.shape[0]
+    in_idx = _frame_indices(1, t_in)
+    out_idx = _frame_indices(t_in + 1, t_out)
+    rows = [("input", inputs, in_idx)]
+    error_rows: tuple[int, ...] = ()
+    if targets is not None:
+        rows += [("truth", targets, out_idx), ("prediction", pred, out_idx)]
+        rows.append(("|error|", np.abs(pred - targets), out_idx))
+        error_rows = (3,)
+    else:
+        rows.append(("prediction", pred, out_idx))
+    png = os.path.join(out_dir, f"{prefix}_{index:03d}.png")
+    sample_strip(rows, error_rows=error_rows).save(png)
+    gif = os.path.join(out_dir, f"{prefix}_{index:03d}.gif")
+    captions = ["input"] * t_in + (pred_captions or [""] * t_out)
+    pred_seq = np.concatenate([inputs, pred])
+    if targets is not None:
+        panels = [("truth", np.concatenate([inputs, targets])), ("prediction", pred_seq)]
+    else:
+        panels = [("prediction", pred_seq)]
+    save_gif(gif, panels, in_idx + out_idx, captions)
+    return {"png": os.path.basename(png), "gif": os.path.basename(gif)}

@@ -15,9 +15,10 @@ import pytest
 from conftest import max_rel_err
 
 import stlight_jax
-from stlight_jax import convert, evaluation, export
+from stlight_jax import convert, export
 from stlight_jax.models import ModelConfig, create_model
-from stlight_jax.train import apply_model
+from stlight_jax.steps import apply_model
+from stlight_jax.weights import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = ModelConfig(
@@ -181,6 +182,6 @@ def test_onnx_matches_jax(weights, tmp_path, rng):
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
     for n in (1, 6):
         x = rng.random((n, 3, 8, 12, 2), dtype=np.float32)
-        want = _forward(evaluation.load_model(loaded.config, weights=path), x)
+        want = _forward(load_model(loaded.config, weights=path), x)
         got = session.run(None, {"frames": x})[0]
         assert got.shape == want.shape and max_rel_err(got, want) < 1e-5

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stlight_jax import checkpoint, convert, evaluation, schedules, train
+from stlight_jax import checkpoint, config_io, convert, optim, schedules, steps, weights
 
 WORKDIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "workdir_e54521e")
 
@@ -30,7 +30,7 @@ def expected() -> dict[str, np.ndarray]:
 
 
 def test_evaluation_loads_old_workdir(expected):
-    loaded = evaluation.load_model(evaluation.load_workdir_config(WORKDIR), workdir=WORKDIR)
+    loaded = weights.load_model(config_io.load_workdir_config(WORKDIR), workdir=WORKDIR)
     assert loaded.source["step"] == 4
     model = nnx.merge(loaded.graphdef, loaded.params, loaded.batch_stats)
     state_dict = convert.model_state_dict(model)
@@ -38,7 +38,7 @@ def test_evaluation_loads_old_workdir(expected):
     assert set(state_dict) == torch_keys
     for key, value in state_dict.items():
         np.testing.assert_array_equal(value, expected[f"torch/{key}"], err_msg=key)
-    pred, _ = train.apply_model(
+    pred, _ = steps.apply_model(
         loaded.graphdef, loaded.params, loaded.batch_stats, expected["inputs"], train=False
     )
     np.testing.assert_allclose(np.asarray(pred), expected["predictions"], rtol=1e-5, atol=1e-6)
@@ -47,9 +47,9 @@ def test_evaluation_loads_old_workdir(expected):
 def test_training_resumes_from_old_workdir(tmp_path, expected):
     workdir = str(tmp_path / "run")
     shutil.copytree(WORKDIR, workdir)
-    config = convert.load_config(workdir)
-    tx = schedules.create_optimizer(config, steps_per_epoch=4)
-    graphdef, state = train.create_train_state(config, tx)
+    config = config_io.load_config(workdir)
+    tx = optim.create_optimizer(config, schedules.create_schedules(config, steps_per_epoch=4))
+    graphdef, state = steps.create_train_state(config, tx)
     manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
     try:
         restored = checkpoint.restore_latest_readable(

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from stlight_jax.convert import load_config
+from stlight_jax.config_io import load_config
 from stlight_jax.model_size import PAPER_SIZES, model_size
 from stlight_jax.models import ModelConfig
 

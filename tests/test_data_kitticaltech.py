@@ -158,6 +158,11 @@ def test_errors_name_the_file(tmp_path):
     np.save(root / "kitticaltech_npy/test_idx.npy", np.array([0]))
     with pytest.raises(ValueError, match=r"train_data.npy \(float frames\): values span \[1.5"):
         data.steps_per_epoch(_config(tmp_path, root))
+    nan = np.full((4, *SIZE, 3), 0.5, np.float32)
+    nan[2, 1, 1, 0] = np.nan
+    np.save(root / "kitticaltech_npy/train_data.npy", nan)
+    with pytest.raises(ValueError, match=r"train_data.npy \(float frames\): train sample 2 holds"):
+        data.steps_per_epoch(_config(tmp_path, root))
 
 
 def test_worker_processes_reopen_the_hkl_file(tmp_path):

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from stlight_jax import data, schedules, train
+from stlight_jax import data, optim, schedules, sharding, steps
 from tests import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ if mode == "dp8":
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from stlight_jax import checkpoint, data, schedules, train
+from stlight_jax import checkpoint, data, optim, schedules, sharding, steps
 from tests import tiny_config
 
 if mode == "multihost":
@@ -48,20 +48,20 @@ config = tiny_config.get_config(data_path)
 # (per-device BatchNorm statistics, a wrong gradient mean) would not be.
 config.optimizer.learning_rate = 1e-3
 spe = data.steps_per_epoch(config)
-tx = schedules.create_optimizer(config, spe)
-lr_fn, _ = schedules.create_schedules(config, spe)
+scheds = schedules.create_schedules(config, spe)
+tx = optim.create_optimizer(config, scheds)
 NULL = json.loads(sys.argv[-1])
 
 
 def run(mesh, steps, state=None, it=None):
-    graphdef, fresh = train.create_train_state(config, tx)
+    graphdef, fresh = steps.create_train_state(config, tx)
     if state is None:
         state = jax.device_put(perturbed(fresh), NamedSharding(mesh, P()))
     if it is None:
         it = data.create_train_iterator(config, jax.process_index(), jax.process_count())
-    step = train.jit_train_step(train.make_train_step(graphdef, tx, lr_fn), mesh)
+    step = steps.create_train_step(graphdef, tx, scheds.lr, mesh)
     for _ in range(steps):
-        state, metrics = step(state, train.global_batch(next(it), mesh))
+        state, metrics = step(state, sharding.global_batch(next(it), mesh))
         assert np.isfinite(float(metrics["loss"]))  # fetch every step
     return state, it
 
@@ -95,8 +95,8 @@ def max_rel(a, b):
 
 if mode == "dp8":
     assert jax.device_count() == 8
-    one, _ = run(train.create_mesh(jax.devices()[:1]), 5)
-    mesh8 = train.create_mesh()
+    one, _ = run(sharding.create_mesh(jax.devices()[:1]), 5)
+    mesh8 = sharding.create_mesh()
     eight, it = run(mesh8, 5)
     assert all(x.sharding.num_devices == 8 for x in jax.tree.leaves(eight))
     result = {k: max_rel(host(eight[k]), host(one[k])) for k in ("params", "batch_stats")}
@@ -110,8 +110,8 @@ if mode == "dp8":
     np.savez(os.path.join(out, "cont8.npz"), **host(cont["params"]))
 elif mode == "restore1":
     assert jax.device_count() == 1
-    mesh = train.create_mesh()
-    _, fresh = train.create_train_state(config, tx)
+    mesh = sharding.create_mesh()
+    _, fresh = steps.create_train_state(config, tx)
     target = checkpoint.abstract_like(jax.device_put(fresh, NamedSharding(mesh, P())))
     manager = checkpoint.create_manager(os.path.join(out, "ckpt"))
     step, state, data_state = checkpoint.restore_latest_readable(manager, target)
@@ -124,7 +124,7 @@ elif mode == "restore1":
     result = {"step": step, "cont_rel": max_rel(got, dict(want))}
 elif mode == "multihost":
     assert jax.process_count() == 2 and jax.device_count() == 2
-    state, _ = run(train.create_mesh(), 3)
+    state, _ = run(sharding.create_mesh(), 3)
     result = {"pid": pid}
     if pid == 0:
         np.savez(os.path.join(out, "multihost.npz"), **host(state["params"]))
@@ -207,20 +207,20 @@ def test_two_processes_match_one(tmp_path):
 
     # The same 3 steps in this process on one device with the whole global batch.
     spe = data.steps_per_epoch(config)
-    tx = schedules.create_optimizer(config, spe)
-    lr_fn, _ = schedules.create_schedules(config, spe)
-    graphdef, state = train.create_train_state(config, tx)
+    scheds = schedules.create_schedules(config, spe)
+    tx = optim.create_optimizer(config, scheds)
+    graphdef, state = steps.create_train_state(config, tx)
     leaves, tree = jax.tree.flatten(state["params"])  # the worker's `perturbed`
     keys = jax.random.split(jax.random.key(1), len(leaves))
     leaves = [
         x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)
     ]
     state = {**state, "params": jax.tree.unflatten(tree, leaves)}
-    mesh = train.create_mesh(jax.devices()[:1])
-    step = train.jit_train_step(train.make_train_step(graphdef, tx, lr_fn), mesh)
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    step = steps.create_train_step(graphdef, tx, scheds.lr, mesh)
     it = data.create_train_iterator(config)
     for _ in range(3):
-        state, metrics = step(state, train.global_batch(next(it), mesh))
+        state, metrics = step(state, sharding.global_batch(next(it), mesh))
         float(metrics["loss"])
     want = {
         jax.tree_util.keystr(p): np.asarray(x)

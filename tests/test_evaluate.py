@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from configs.mmnist import get_config
-from stlight_jax import evaluation, metrics, visualize
+from stlight_jax import config_io, evaluation, metrics, predict, visualize, weights, writers
 from stlight_jax.models import ModelConfig
-from stlight_jax.train import apply_model
+from stlight_jax.steps import apply_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES_IN, FRAMES_OUT, SIZE = 10, 5, 32  # frames_in != frames_out exercises the rollout window
@@ -46,11 +46,15 @@ def workdir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def loaded(workdir) -> evaluation.LoadedModel:
-    return evaluation.load_model(evaluation.load_workdir_config(workdir), workdir=workdir)
+def loaded(workdir) -> weights.LoadedModel:
+    return weights.load_model(config_io.load_workdir_config(workdir), workdir=workdir)
 
 
-def _forward(loaded: evaluation.LoadedModel, x: np.ndarray) -> np.ndarray:
+def _run(**options) -> dict:
+    return evaluation.run(evaluation.EvalOptions(**options))
+
+
+def _forward(loaded: weights.LoadedModel, x: np.ndarray) -> np.ndarray:
     """One plain forward pass, independent of evaluation's batching and padding."""
     pred, _ = apply_model(loaded.graphdef, loaded.params, loaded.batch_stats, x, train=False)
     return np.asarray(pred)
@@ -138,7 +142,7 @@ def test_predict_npy_without_targets_and_rollout(loaded, workdir, tmp_path):
     frames = rng.integers(0, 256, (10, FRAMES_IN, SIZE, SIZE), dtype=np.uint8)
     np.save(tmp_path / "frames.npy", frames)
     out = tmp_path / "pred"
-    res = evaluation.run(
+    res = _run(
         workdir=workdir,
         mode="predict",
         input_path=str(tmp_path / "frames.npy"),
@@ -178,7 +182,7 @@ def test_predict_image_folder_matches_npy(loaded, tmp_path):
         # Names sort by frame order only as strings: 'f02' < 'f10'.
         Image.fromarray(seq[t]).save(folder / f"f{t + 1:02d}.png")
     (folder / "notes.txt").write_text("not an image")
-    res = evaluation.predict(loaded, str(folder), str(tmp_path / "out"), horizon=3, num_samples=1)
+    res = predict.predict(loaded, str(folder), str(tmp_path / "out"), horizon=3, num_samples=1)
     pred = np.load(tmp_path / "out" / "predictions.npy")
     assert pred.shape == (1, 3, SIZE, SIZE, 1)
     assert res["autoregressive"] is False and res["forward_passes"] == 1
@@ -194,13 +198,13 @@ def test_rollout_window_with_more_inputs_than_outputs():
         return x[:, -1:] + np.arange(1, 3, dtype=np.float32).reshape(1, 2, 1, 1, 1)
 
     x = np.arange(3, dtype=np.float32).reshape(1, 3, 1, 1, 1)
-    pred, passes = evaluation.rollout(predict_fn, x, horizon=7, frames_in=3, frames_out=2)
+    pred, passes = predict.rollout(predict_fn, x, horizon=7, frames_in=3, frames_out=2)
     np.testing.assert_array_equal(pred.ravel(), np.arange(3, 10))
     assert passes == 4
-    pred, passes = evaluation.rollout(predict_fn, x, horizon=1, frames_in=3, frames_out=2)
+    pred, passes = predict.rollout(predict_fn, x, horizon=1, frames_in=3, frames_out=2)
     assert pred.shape[1] == 1 and passes == 1
     with pytest.raises(ValueError, match="horizon"):
-        evaluation.rollout(predict_fn, x, horizon=0, frames_in=3, frames_out=2)
+        predict.rollout(predict_fn, x, horizon=0, frames_in=3, frames_out=2)
 
 
 CFG = ModelConfig(frames_in=10, frames_out=10, channels=1, image_size=(64, 64), dim=16, patch=4)
@@ -222,29 +226,29 @@ EXPECTED = "(N, 10, 64, 64, 1) or (10, 64, 64, 1) or (N, 10, 64, 64)"
 )
 def test_wrong_input_shape_names_the_expected_shape(shape, what):
     with pytest.raises(ValueError) as e:
-        evaluation.prepare_input(np.zeros(shape, np.float32), CFG)
+        predict.prepare_input(np.zeros(shape, np.float32), CFG)
     assert what in str(e.value) and EXPECTED in str(e.value)
 
 
 def test_input_forms_scaling_and_range():
     rng = np.random.default_rng(0)
     u8 = rng.integers(0, 256, (10, 64, 64, 1), dtype=np.uint8)
-    x, notes = evaluation.prepare_input(u8, CFG)
+    x, notes = predict.prepare_input(u8, CFG)
     assert x.shape == (1, 10, 64, 64, 1) and x.dtype == np.float32
     np.testing.assert_allclose(x[0], u8 / 255.0, atol=1e-7)
     assert "scaled_from_uint8" in notes
-    x2, notes2 = evaluation.prepare_input(u8[None, ..., 0] / 255.0, CFG)  # (N, T, H, W) float
+    x2, notes2 = predict.prepare_input(u8[None, ..., 0] / 255.0, CFG)  # (N, T, H, W) float
     np.testing.assert_allclose(x2, x, atol=1e-7)
     assert "scaled_from_uint8" not in notes2
     rgb = ModelConfig(channels=3, image_size=(64, 64), dim=16, patch=4)
     with pytest.raises(ValueError, match=r"\(N, 10, 64, 64, 3\) or \(10, 64, 64, 3\)$"):
-        evaluation.prepare_input(np.zeros((10, 64, 64, 1), np.float32), rgb)
+        predict.prepare_input(np.zeros((10, 64, 64, 1), np.float32), rgb)
     with pytest.raises(ValueError, match=r"on \[0, 1\].*\[0, 255\]"):
-        evaluation.prepare_input(u8.astype(np.float32), CFG)
+        predict.prepare_input(u8.astype(np.float32), CFG)
     with pytest.raises(ValueError, match="NaN"):
-        evaluation.prepare_input(np.full((10, 64, 64, 1), np.nan, np.float32), CFG)
+        predict.prepare_input(np.full((10, 64, 64, 1), np.nan, np.float32), CFG)
     with pytest.raises(ValueError, match="dtype int64"):
-        evaluation.prepare_input(u8.astype(np.int64), CFG)
+        predict.prepare_input(u8.astype(np.int64), CFG)
 
 
 def test_cli_rejects_bad_input_with_expected_shape(workdir, tmp_path):
@@ -275,15 +279,15 @@ def test_weights_step_and_ssim_range(loaded, workdir, tmp_path):
 
     # Export the trained weights as a PyTorch file and score them through the converter.
     model = nnx.merge(loaded.graphdef, loaded.params, loaded.batch_stats)
-    weights = str(tmp_path / "w.pt")
-    convert.save_state_dict_file(convert.model_state_dict(model), weights)
+    weights_file = str(tmp_path / "w.pt")
+    convert.save_state_dict_file(convert.model_state_dict(model), weights_file)
     step = loaded.source["step"]
-    via_orbax = evaluation.run(
+    via_orbax = _run(
         workdir=workdir, step=str(step), out=str(tmp_path / "a"), num_samples=0,
         save_arrays=True, ssim_data_range=1.0,
     )  # fmt: skip
-    via_torch = evaluation.run(
-        config=loaded.config, weights=weights, out=str(tmp_path / "b"), num_samples=0
+    via_torch = _run(
+        config=loaded.config, weights=weights_file, out=str(tmp_path / "b"), num_samples=0
     )
     assert via_torch["checkpoint"]["kind"] == "pytorch_weights"
     assert via_orbax["checkpoint"]["step"] == step and via_orbax["ssim_data_range"] == 1.0
@@ -295,37 +299,35 @@ def test_weights_step_and_ssim_range(loaded, workdir, tmp_path):
     assert metrics.compute(p, y, ssim_data_range=1.0)["ssim"] == pytest.approx(mo["ssim"], rel=1e-5)
     assert sorted(os.listdir(tmp_path / "b")) == ["metrics.json", "metrics_vs_lead_time.png"]
     with pytest.raises(ValueError, match=f"no step {step + 1000}"):
-        evaluation.run(workdir=workdir, step=step + 1000, out=str(tmp_path / "c"))
+        _run(workdir=workdir, step=step + 1000, out=str(tmp_path / "c"))
 
 
 def test_option_errors(tmp_path):
     with pytest.raises(ValueError, match="--input"):
-        evaluation.run(workdir=str(tmp_path), mode="predict")
+        _run(workdir=str(tmp_path), mode="predict")
     with pytest.raises(ValueError, match="--horizon is for --mode=predict"):
-        evaluation.run(workdir=str(tmp_path), horizon=20)
+        _run(workdir=str(tmp_path), horizon=20)
     with pytest.raises(ValueError, match="--out is required"):
-        evaluation.run(config=get_config("cpu"), weights="w.pt")
+        _run(config=get_config("cpu"), weights="w.pt")
     with pytest.raises(FileNotFoundError, match="config.json"):
-        evaluation.run(workdir=str(tmp_path))
+        _run(workdir=str(tmp_path))
     with pytest.raises(ValueError, match="step"):
-        evaluation.parse_step("last")
+        weights.parse_step("last")
 
 
 def test_metrics_json_is_strict_with_infinite_psnr(tmp_path):
     path = str(tmp_path / "m.json")
-    evaluation.write_json(path, {"psnr": float("inf"), "per_frame": [np.float32(1.5), np.inf]})
+    writers.write_json(path, {"psnr": float("inf"), "per_frame": [np.float32(1.5), np.inf]})
     assert _strict_load(path) == {"psnr": "inf", "per_frame": [1.5, "inf"]}
 
 
 def test_saved_config_has_one_reader(workdir, tmp_path):
-    from stlight_jax import convert
-
-    saved = evaluation.load_workdir_config(workdir)  # through convert.load_config
+    saved = config_io.load_workdir_config(workdir)  # through config_io.load_config
     assert saved.name == "mmnist_cpu" and saved.model.frames_out == FRAMES_OUT
     path = os.path.join(workdir, "config.json")
-    assert convert.load_config(path).to_dict() == saved.to_dict()
-    assert convert.load_config(workdir).to_dict() == saved.to_dict()  # a workdir: its json
+    assert config_io.load_config(path).to_dict() == saved.to_dict()
+    assert config_io.load_config(workdir).to_dict() == saved.to_dict()  # a workdir: its json
     with pytest.raises(FileNotFoundError, match="config file .*config.json.* does not exist"):
-        convert.load_config(str(tmp_path / "config.json"))
+        config_io.load_config(str(tmp_path / "config.json"))
     with pytest.raises(FileNotFoundError, match="Otherwise pass --config"):
-        evaluation.load_workdir_config(str(tmp_path))
+        config_io.load_workdir_config(str(tmp_path))

@@ -77,7 +77,8 @@ def test_pip_install_runs_from_another_directory(tmp_path):
     weights = elsewhere / "w.safetensors"
     _run(
         [python, "-c", "from stlight_jax import convert; from stlight_jax.models import "
-         "ModelConfig, create_model; c = convert.load_config('configs/mmnist.py:cpu'); "
+         "ModelConfig, create_model; from stlight_jax.config_io import load_config; "
+         "c = load_config('configs/mmnist.py:cpu'); "
          "m = create_model(ModelConfig.from_config(c.model), seed=1); "
          f"convert.save_state_dict_file(convert.model_state_dict(m), {str(weights)!r})"],
         elsewhere,

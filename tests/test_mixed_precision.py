@@ -7,17 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import tiny_config
 
-from stlight_jax import schedules, train
+from stlight_jax import optim, schedules, sharding
+from stlight_jax.steps import create_train_state, create_train_step
 
 
 def _run(compute_dtype: str, data_path: str, steps: int = 3):
     config = tiny_config.get_config(data_path)
     config.compute_dtype = compute_dtype
-    tx = schedules.create_optimizer(config, 4)
-    lr_fn, _ = schedules.create_schedules(config, 4)
-    graphdef, state = train.create_train_state(config, tx)
-    mesh = train.create_mesh(jax.devices()[:1])
-    step = train.jit_train_step(train.make_train_step(graphdef, tx, lr_fn), mesh)
+    scheds = schedules.create_schedules(config, 4)
+    tx = optim.create_optimizer(config, scheds)
+    graphdef, state = create_train_state(config, tx)
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    step = create_train_step(graphdef, tx, scheds.lr, mesh)
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(steps):
@@ -25,7 +26,7 @@ def _run(compute_dtype: str, data_path: str, steps: int = 3):
             "inputs": rng.random((8, 4, 16, 16, 1), np.float32),
             "targets": rng.random((8, 4, 16, 16, 1), np.float32),
         }
-        state, m = step(state, train.global_batch(batch, mesh))
+        state, m = step(state, sharding.global_batch(batch, mesh))
         losses.append(float(m["loss"]))
     return state, losses
 

@@ -10,7 +10,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from stlight_jax import checkpoint, convert, data, train
+from stlight_jax import checkpoint, config_io, convert, data, train
 from stlight_jax.models import create_model
 from tests import tiny_config
 from tests.test_train import abstract_state, read_jsonl, train_steps
@@ -22,7 +22,7 @@ def config(tmp_path):
 
 
 def _half_state_dict(config, dtype) -> dict[str, np.ndarray]:
-    model = create_model(train.model_config(config), seed=5)
+    model = create_model(config_io.model_config(config), seed=5)
     return {
         k: v.astype(dtype) if v.dtype == np.float32 else v
         for k, v in convert.model_state_dict(model).items()
@@ -44,7 +44,7 @@ def test_half_precision_weights_import_as_float32(config, tmp_path, dtype):
 
     path = str(tmp_path / "half.safetensors")
     save_file(_half_state_dict(config, dtype), path)
-    model = create_model(train.model_config(config), seed=0)
+    model = create_model(config_io.model_config(config), seed=0)
     convert.load_into_model(model, convert.load_state_dict_file(path), source=path)
     assert _floating_dtypes(nnx.state(model, nnx.Param)) == {np.dtype(np.float32)}
     assert _floating_dtypes(nnx.state(model, nnx.BatchStat)) == {np.dtype(np.float32)}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from configs.common import get_base_config
-from stlight_jax import schedules
+from stlight_jax import optim, schedules
 
 # Float64 schedule vs torch's float64: ours avoids the cancellation in torch's own
 # end + (start - end) / 2 * (cos + 1) near the end of a phase, so the two differ by a few
@@ -77,8 +77,7 @@ def test_onecycle_lr_and_beta1_match_torch_every_step(total_steps, max_lr, final
     steps_per_epoch = 1  # total_steps = num_epochs * steps_per_epoch
     config = _config(learning_rate=max_lr, final_div_factor=final_div)
     config.num_epochs = total_steps
-    lr_fn, b1_fn = schedules.create_schedules(config, steps_per_epoch)
-    _, _, omb1_fn = schedules._schedules(config, steps_per_epoch)
+    lr_fn, b1_fn, omb1_fn = schedules.create_schedules(config, steps_per_epoch)
 
     ks = np.arange(total_steps)
     np.testing.assert_allclose(lr_fn(ks), lr_t, rtol=RTOL_F64, atol=0)
@@ -115,7 +114,7 @@ def test_onecycle_without_cycle_momentum_keeps_b1():
     lr_t, b1_t = _torch_onecycle(50, 3e-3, 1e4, cycle_momentum=False)
     config = _config(cycle_momentum=False, b1=0.9)
     config.num_epochs = 10
-    lr_fn, b1_fn = schedules.create_schedules(config, 5)
+    lr_fn, b1_fn, _ = schedules.create_schedules(config, 5)
     ks = np.arange(50)
     np.testing.assert_allclose(lr_fn(ks), lr_t, rtol=RTOL_F64, atol=0)
     np.testing.assert_array_equal(b1_fn(ks), b1_t)  # torch leaves betas[0] = 0.9 untouched
@@ -168,7 +167,7 @@ def test_cosine_per_epoch_matches_timm_formula(warmup_epochs, num_epochs, steps_
     config = _config("cosine", learning_rate=3e-3, min_lr=1e-6, warmup_lr=1e-5)
     config.optimizer.warmup_epochs = warmup_epochs
     config.num_epochs = num_epochs
-    lr_fn, b1_fn = schedules.create_schedules(config, steps_per_epoch)
+    lr_fn, b1_fn, _ = schedules.create_schedules(config, steps_per_epoch)
 
     total = num_epochs * steps_per_epoch
     expected = np.array(
@@ -207,7 +206,7 @@ def test_cosine_per_epoch_matches_timm_itself():
     config = _config("cosine", learning_rate=3e-3, min_lr=1e-6, warmup_lr=1e-5)
     config.optimizer.warmup_epochs = warmup
     config.num_epochs = num_epochs
-    lr_fn, _ = schedules.create_schedules(config, steps_per_epoch)
+    lr_fn = schedules.create_schedules(config, steps_per_epoch).lr
     np.testing.assert_allclose(lr_fn(np.arange(len(expected))), expected, rtol=1e-13, atol=0)
 
 
@@ -287,7 +286,7 @@ def _torch_adam_run(config, steps_per_epoch: int, num_steps: int) -> dict[str, n
 def _ours_run(config, steps_per_epoch: int, num_steps: int) -> dict[str, np.ndarray]:
     params, curv, target, noise = _problem()
     params = jax.tree.map(jnp.asarray, params)
-    tx = schedules.create_optimizer(config, steps_per_epoch)
+    tx = optim.create_optimizer(config, schedules.create_schedules(config, steps_per_epoch))
     opt_state = tx.init(params)
 
     @jax.jit
@@ -336,7 +335,8 @@ def test_cycled_beta1_matters_for_adam():
 
 
 def test_weight_decay_needs_params():
-    tx = schedules.create_optimizer(_config(weight_decay=1e-2), 10)
+    config = _config(weight_decay=1e-2)
+    tx = optim.create_optimizer(config, schedules.create_schedules(config, 10))
     params = {"w": jnp.ones(3)}
     with pytest.raises(ValueError, match="params"):
         tx.update(params, tx.init(params))

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from stlight_jax import checkpoint, data, schedules, train
+from stlight_jax import checkpoint, data, optim, schedules, steps, train
 from tests import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,8 +32,10 @@ def train_steps(records) -> list[int]:
 
 
 def abstract_state(config):
-    tx = schedules.create_optimizer(config, data.steps_per_epoch(config))
-    _, state = train.create_train_state(config, tx)
+    tx = optim.create_optimizer(
+        config, schedules.create_schedules(config, data.steps_per_epoch(config))
+    )
+    _, state = steps.create_train_state(config, tx)
     return checkpoint.abstract_like(state)
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import max_rel_err, randomize_reference, to_torch_video
 from flax import nnx
 
-from stlight_jax import convert, schedules, train
+from stlight_jax import config_io, convert, optim, schedules, sharding, steps
 from stlight_jax.models import create_model
 from stlight_jax.reference import reference_from_config
 from tests import tiny_config
@@ -38,7 +38,7 @@ def test_twenty_steps_of_adam_onecycle_match_torch():
     config.num_epochs = 1
     config.optimizer.learning_rate = 3e-3
     config.optimizer.final_div_factor = 1e4  # Table 2's MMNIST settings
-    cfg = train.model_config(config)
+    cfg = config_io.model_config(config)
 
     torch.manual_seed(0)
     ref = reference_from_config(cfg)
@@ -46,11 +46,12 @@ def test_twenty_steps_of_adam_onecycle_match_torch():
     model = create_model(cfg, seed=1)
     convert.load_into_model(model, ref.state_dict())
 
-    tx = schedules.create_optimizer(config, steps_per_epoch=STEPS)
-    lr_fn, b1_fn = schedules.create_schedules(config, steps_per_epoch=STEPS)
-    graphdef, state = train.split_model(model, tx)
-    mesh = train.create_mesh(jax.devices()[:1])
-    step_fn = train.jit_train_step(train.make_train_step(graphdef, tx, lr_fn), mesh)
+    scheds = schedules.create_schedules(config, steps_per_epoch=STEPS)
+    tx = optim.create_optimizer(config, scheds)
+    lr_fn, b1_fn = scheds.lr, scheds.b1
+    graphdef, state = steps.split_model(model, tx)
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    step_fn = steps.create_train_step(graphdef, tx, lr_fn, mesh)
 
     opt = config.optimizer
     torch_opt = torch.optim.Adam(
@@ -94,7 +95,7 @@ def test_twenty_steps_of_adam_onecycle_match_torch():
         torch_opt.step()
         sched.step()
 
-        batch = train.global_batch({"inputs": inputs, "targets": targets}, mesh)
+        batch = sharding.global_batch({"inputs": inputs, "targets": targets}, mesh)
         state, metrics = step_fn(state, batch)
         losses.append((float(metrics["loss"]), want.item()))
 

@@ -13,7 +13,7 @@ import optax
 import pytest
 from conftest import from_torch_video, max_rel_err, randomize_reference, to_torch_video
 
-from stlight_jax import convert, weight_layouts
+from stlight_jax import config_io, convert, weight_layouts
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.reference import reference_from_config
 
@@ -201,7 +201,7 @@ def test_init_from_reads_stf_layout(tmp_path):
 
     stf = _stf(seed=5)
     save_like_stf_trainer(stf, CFG, tmp_path / "stf.pth")
-    config = convert.load_config(str(_config_file(tmp_path)))
+    config = config_io.load_config(str(_config_file(tmp_path)))
     config.init_from = str(tmp_path / "stf.pth")
     model = create_model(CFG, seed=0)
     tx = optax.adam(1e-3)

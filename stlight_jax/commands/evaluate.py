@@ -45,7 +45,7 @@ runtime.define_distributed_flags()
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    from stlight_jax.train import quiet_library_logs
+    from stlight_jax.writers import quiet_library_logs
 
     quiet_library_logs()
     runtime.initialize_distributed_from_flags()
@@ -54,13 +54,12 @@ def _main(argv):
     from stlight_jax import evaluation
 
     try:
-        result = evaluation.run(
+        options = evaluation.EvalOptions(
             workdir=FLAGS.workdir,
             config=FLAGS.config,
             weights=FLAGS.weights,
             checkpoint=FLAGS.checkpoint,
             step=FLAGS.step,
-            key_map=FLAGS.key_map,
             split=FLAGS.split,
             mode=FLAGS.mode,
             input_path=FLAGS.input,
@@ -69,7 +68,9 @@ def _main(argv):
             num_samples=FLAGS.num_samples,
             save_arrays=FLAGS.save_arrays,
             ssim_data_range=FLAGS.ssim_data_range,
+            key_map=FLAGS.key_map,
         )
+        result = evaluation.run(options)
     except (ValueError, FileNotFoundError) as e:
         # A bad option or input: the message says what was expected; no traceback or flag dump.
         sys.exit(f"evaluate.py: error: {e}")

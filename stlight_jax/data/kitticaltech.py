@@ -209,7 +209,7 @@ class KittiCaltech(common.ArrayDataset):
         if frames.dtype != np.uint8:
             if not np.issubdtype(frames.dtype, np.floating):
                 raise ValueError(f"{where}: frames must be uint8 or float, got {frames.dtype}")
-            common.check_range(frames, 0.0, 1.0, f"{where} (float frames)")
+            common.check_range(frames, 0.0, 1.0, f"{where} (float frames)", part)
 
     def read(self, part: str, row: int) -> np.ndarray:
         start = int(self._starts[part][row])

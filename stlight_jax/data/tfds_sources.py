@@ -107,17 +107,25 @@ def read_moving_mnist_test(version_dir: str) -> np.ndarray:
     if not files:
         raise ValueError(f"{version_dir}: no moving_mnist-test.{ARRAY_RECORD}-* files")
     source = ArrayRecordDataSource(files)
-    sequences = []
+    if len(source) == 0:
+        raise ValueError(f"{version_dir}: the test split holds no sequences")
+    out = None  # (T, N, H, W), filled in place: the real set is 819 MB
     for i in range(len(source)):
         example = tf_example_pb2.Example.FromString(source[i])
         feature = example.features.feature.get("image_sequence")
         if feature is None:
             raise ValueError(f"{version_dir}: record {i} has no 'image_sequence' feature")
-        frames = [_decode_png(raw) for raw in feature.bytes_list.value]
-        sequences.append(np.stack(frames).reshape(len(frames), *frames[0].shape[:2]))
-    if not sequences:
-        raise ValueError(f"{version_dir}: the test split holds no sequences")
-    return np.ascontiguousarray(np.stack(sequences, axis=1))
+        seq = np.stack([_decode_png(raw) for raw in feature.bytes_list.value])
+        seq = seq.reshape(seq.shape[:3])  # (T, H, W, 1) or (T, H, W) -> (T, H, W)
+        if out is None:
+            out = np.empty((seq.shape[0], len(source), *seq.shape[1:]), np.uint8)
+        if seq.shape != (out.shape[0], *out.shape[2:]):
+            raise ValueError(
+                f"{version_dir}: record {i} has frames {seq.shape}, record 0 "
+                f"{(out.shape[0], *out.shape[2:])}"
+            )
+        out[:, i] = seq
+    return out
 
 
 def moving_mnist_test(tfds_dir: str, cache_dir: str) -> np.ndarray:

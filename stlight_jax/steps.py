@@ -1,0 +1,187 @@
+"""The jitted computations: training state, the train step, the eval step and the one eval loop
+over a split (training's validation and test, evaluate.py and the benchmark all use it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from stlight_jax import data, metrics
+from stlight_jax.config_io import model_config
+from stlight_jax.models import STLight, create_model
+from stlight_jax.sharding import batch_sharded, global_batch, replicate, replicated
+
+State = dict[str, Any]  # {'params', 'batch_stats', 'opt_state', 'step'}
+# What the eval step scores: the model and two baselines (repeat the last input frame; zeros).
+PREDICTORS = ("model", "last_frame", "zeros")
+# Called with (process-local numpy batch, global batch) after the eval step has seen it.
+BatchHook = Callable[[dict, dict], None]
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+) -> tuple[nnx.GraphDef, State]:
+    """Builds the model (Hybrid init from `config.seed`) and the initial training state."""
+    model = create_model(model_config(config), seed=config.seed, dtype=config.compute_dtype)
+    return split_model(model, tx)
+
+
+def split_model(model: STLight, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, State]:
+    """(graphdef, training state at step 0) of a built model."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = {
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    return graphdef, state
+
+
+def apply_model(
+    graphdef: nnx.GraphDef, params: Any, batch_stats: Any, inputs: jax.Array, train: bool
+) -> tuple[jax.Array, Any]:
+    """Runs the model; returns (predictions in float32, updated batch stats)."""
+    # copy=True: fresh Variables at this trace level (inside grad), so BatchNorm may update them.
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    pred = model(inputs, use_running_average=not train)
+    return pred.astype(jnp.float32), nnx.state(model, nnx.BatchStat)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lr_fn: Callable[[Any], Any]
+) -> Callable[[State, dict], tuple[State, dict]]:
+    """The pure step (state, batch) -> (new state, {'loss', 'lr', 'params_finite'}).
+
+    Element-mean MSE loss; 'loss' and 'lr' are those of the update just made (0-based step
+    `state['step']`), 'params_finite' says whether every updated parameter is finite.
+    """
+
+    def train_step(state: State, batch: dict) -> tuple[State, dict]:
+        def loss_fn(params):
+            pred, new_stats = apply_model(
+                graphdef, params, state["batch_stats"], batch["inputs"], train=True
+            )
+            return jnp.mean(jnp.square(pred - batch["targets"])), new_stats
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        new_params = optax.apply_updates(state["params"], updates)
+        # The loss is that of the params *before* this update; an update can still overflow
+        # them, and the checkpoint written after this step must not hold Inf/NaN weights.
+        params_finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_params)])
+        )
+        new_state = {
+            "params": new_params,
+            "batch_stats": new_stats,
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        return new_state, {"loss": loss, "lr": lr_fn(state["step"]), "params_finite": params_finite}
+
+    return train_step
+
+
+def create_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    lr_fn: Callable[[Any], Any],
+    mesh: jax.sharding.Mesh,
+) -> Callable[[State, dict], tuple[State, dict]]:
+    """`make_train_step` jitted over `mesh`: the state replicated and donated, the global batch
+    (`sharding.global_batch`) sharded over 'data'."""
+    return jax.jit(
+        make_train_step(graphdef, tx, lr_fn),
+        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def create_forward(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh) -> Callable:
+    """Jitted (params, batch_stats, inputs) -> float32 predictions, batch sharded over 'data',
+    output replicated (every process gets the whole batch)."""
+
+    def forward(params, batch_stats, inputs):
+        return apply_model(graphdef, params, batch_stats, inputs, train=False)[0]
+
+    return jax.jit(
+        forward,
+        in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
+    )
+
+
+def create_eval_step(
+    graphdef: nnx.GraphDef,
+    mesh: jax.sharding.Mesh,
+    ssim_data_range: float = metrics.OPENSTL_SSIM_DATA_RANGE,
+) -> Callable:
+    """Jitted (params, batch_stats, batch, accumulators) -> accumulators, for each predictor
+    named in the accumulators (`PREDICTORS`)."""
+
+    def eval_step(params, batch_stats, batch, accs):
+        pred, _ = apply_model(graphdef, params, batch_stats, batch["inputs"], train=False)
+        frames_out = batch["targets"].shape[1]
+        last = jnp.repeat(batch["inputs"][:, -1:], frames_out, axis=1).astype(jnp.float32)
+        preds = {"model": pred, "zeros": jnp.zeros_like(pred), "last_frame": last}
+        return {
+            name: metrics.accumulate(
+                accs[name], preds[name], batch["targets"], batch["mask"], ssim_data_range
+            )
+            for name in accs
+        }
+
+    return jax.jit(
+        eval_step,
+        in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh), replicated(mesh)),
+        out_shardings=replicated(mesh),
+    )
+
+
+def evaluate_batches(
+    eval_step: Callable,
+    params: Any,
+    batch_stats: Any,
+    batches: Iterable[dict],
+    mesh: jax.sharding.Mesh,
+    frames_out: int,
+    predictors: tuple[str, ...] = PREDICTORS,
+    on_batch: BatchHook | None = None,
+) -> dict[str, dict]:
+    """The eval loop: OpenSTL metrics of each predictor over `batches` (process-local batches
+    with a 'mask' of real rows), {'model': {...}, ...}; `on_batch` sees every batch."""
+    accs = replicate({n: metrics.init_accumulator(frames_out) for n in predictors}, mesh)
+    for batch in batches:
+        gbatch = global_batch(batch, mesh)
+        accs = eval_step(params, batch_stats, gbatch, accs)
+        if on_batch is not None:
+            on_batch(batch, gbatch)
+    return {n: metrics.finalize(jax.device_get(accs[n])) for n in predictors}
+
+
+def evaluate_split(
+    config: ml_collections.ConfigDict,
+    eval_step: Callable,
+    params: Any,
+    batch_stats: Any,
+    mesh: jax.sharding.Mesh,
+    split: str,
+    predictors: tuple[str, ...] = PREDICTORS,
+    on_batch: BatchHook | None = None,
+) -> dict[str, dict]:
+    """`evaluate_batches` over this process's share of `split` ('val' or 'test')."""
+    batches = data.create_eval_iterator(
+        config, split=split, process_index=jax.process_index(), process_count=jax.process_count()
+    )
+    frames_out = config.model.frames_out
+    return evaluate_batches(
+        eval_step, params, batch_stats, batches, mesh, frames_out, predictors, on_batch
+    )
