@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SIZES = {"S": 1000, "L": 1400, "XS": 800, "M": 1200}
+MMNIST_SIZES = ["XS", "S", "M", "L"]  # paper Table 3; dims from stlight_jax.model_size
 PAPER_STEPS = 125_000  # 200 epochs x 625 steps of 16 on Moving MNIST's 10,000 sequences
 
 
@@ -91,6 +91,9 @@ class Case:
     # probed after timing: an AOT compile before the first call could pre-empt its compile.
     xla_memory_probe: Callable[[], float | None] | None = None
     xla_memory_mb: float | None = None
+    # JAX: executables the jitted function holds after timing (1: no call recompiled it).
+    count_compiles: Callable[[], int] | None = None
+    compiles: int | None = None
 
     def summary(self) -> dict[str, Any]:
         if self.error is not None:
@@ -107,6 +110,7 @@ class Case:
             "peak_mem_mb": self.peak_mb,
             "device_peak_mb": self.device_peak_mb,
             "xla_memory_mb": self.xla_memory_mb,
+            "compiles": self.compiles,
         }
         if self.name.endswith("train step") and self.batch == 16:  # the paper's batch
             out["paper_schedule_h"] = med * PAPER_STEPS / 3600
@@ -207,8 +211,10 @@ def torch_cases(cfg, args, x: np.ndarray, y: np.ndarray, backend: str) -> tuple[
         ]
 
     eager = reference_from_config(cfg).to(dev)
-    cases = make(eager, "torch eager")
-    want_compile = args.torch_compile
+    cases = make(eager, "torch eager") if args.side in ("all", "torch-eager") else []
+    want_compile = args.torch_compile if args.side in ("all", "torch-compile") else "off"
+    if args.side == "torch-compile" and want_compile == "off":
+        raise SystemExit("bench.py: --side torch-compile needs --torch-compile auto or on")
     if want_compile == "auto":
         import shutil
 
@@ -221,7 +227,7 @@ def torch_cases(cfg, args, x: np.ndarray, y: np.ndarray, backend: str) -> tuple[
             cases += make(compiled, "torch.compile")
         except Exception as e:
             info["torch_compile"] = f"n/a: {type(e).__name__}: {e}"
-    else:
+    elif args.side == "all":
         info["torch_compile"] = "n/a: disabled (--torch-compile off, or no C++ compiler on CPU)"
     return cases, info
 
@@ -236,7 +242,7 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
     import optax
     from flax import nnx
 
-    from stlight_jax import ops
+    from stlight_jax import ops, sharding, steps
     from stlight_jax.models import create_model
 
     if args.matmul_precision == "highest":
@@ -244,7 +250,7 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
     compute = "bfloat16" if args.precision == "bf16" else "float32"
     model = create_model(cfg, seed=0, dtype=compute)
     tx = optax.adam(args.lr)
-    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    xj = jnp.asarray(x)
     info = {
         "jax": jax.__version__,
         "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
@@ -269,48 +275,20 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
         m = nnx.merge(graphdef, params, batch_stats, copy=True)
         return m(inputs, use_running_average=True)
 
-    step_fn = None
-    try:  # prefer the project's own step when it exists (stlight_jax/steps.py)
-        from stlight_jax import sharding, steps
+    _, state = steps.split_model(model, tx)
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    jitted = steps.create_train_step(graphdef, tx, lambda s: args.lr, mesh)
+    # Placed as train.py places them: the step's outputs are committed to the mesh, and
+    # uncommitted first inputs would make the second call compile the step again.
+    state = sharding.replicate(state, mesh)
+    batch = sharding.global_batch({"inputs": x, "targets": y}, mesh)
+    holder = {"state": state}
 
-        _, state = steps.split_model(model, tx)
-        mesh = sharding.create_mesh(jax.devices()[:1])
-        jitted = steps.create_train_step(graphdef, tx, lambda s: args.lr, mesh)
-        batch = {"inputs": xj, "targets": yj}
-        holder = {"state": state}
+    def step_fn():
+        holder["state"], out = jitted(holder["state"], batch)
+        out["loss"].block_until_ready()
 
-        def step_fn():
-            holder["state"], out = jitted(holder["state"], batch)
-            out["loss"].block_until_ready()
-
-        info["train_step"] = "stlight_jax.steps.create_train_step"
-    except (ImportError, AttributeError):
-        step_fn = None
-
-    if step_fn is None:
-
-        def loss_fn(p, bs, inputs, targets):
-            m = nnx.merge(graphdef, p, bs, copy=True)
-            pred = m(inputs, use_running_average=False).astype(jnp.float32)
-            return jnp.mean(jnp.square(pred - targets)), nnx.state(m, nnx.BatchStat)
-
-        @jax.jit
-        def pure_step(params, batch_stats, opt_state, inputs, targets):
-            (loss, bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, batch_stats, inputs, targets
-            )
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), bs, opt_state, loss
-
-        donated = jax.jit(pure_step, donate_argnums=(0, 1, 2))
-        holder = {"s": (params, batch_stats, tx.init(params))}
-
-        def step_fn():
-            *s, loss = donated(*holder["s"], xj, yj)
-            holder["s"] = tuple(s)
-            loss.block_until_ready()
-
-        info["train_step"] = "benchmarks/bench.py pure_step"
+    info["train_step"] = "stlight_jax.steps.create_train_step"
 
     def fwd_fn():
         forward(fwd_params, fwd_stats, xj).block_until_ready()
@@ -324,10 +302,9 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
         Case("stlight-jax train step", step_fn, b, **peaks),
     ]
     cases[0].xla_memory_probe = lambda: _xla_memory_mb(forward, fwd_params, fwd_stats, xj)
-    if info["train_step"].startswith("stlight_jax"):
-        cases[1].xla_memory_probe = lambda: _xla_memory_mb(jitted, holder["state"], batch)
-    else:
-        cases[1].xla_memory_probe = lambda: _xla_memory_mb(donated, *holder["s"], xj, yj)
+    cases[1].xla_memory_probe = lambda: _xla_memory_mb(jitted, holder["state"], batch)
+    cases[0].count_compiles = forward._cache_size  # private, but the only count jax gives
+    cases[1].count_compiles = jitted._cache_size
     return cases, info
 
 
@@ -358,7 +335,7 @@ def _jax_device_peak_mb(device) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--size", default="S", choices=sorted(SIZES), help="MMNIST size (dim)")
+    p.add_argument("--size", default="S", choices=MMNIST_SIZES, help="MMNIST size (paper Table 3)")
     p.add_argument("--dim", type=int, help="override dim")
     p.add_argument("--depth", type=int, default=16)
     p.add_argument("--batch", type=int, nargs="+", default=None, help="CPU: 4 16; GPU: 16")
@@ -373,8 +350,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--conv-impl", default="auto", choices=["auto", "lax", "shifted"])
     p.add_argument("--torch-compile", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--no-jax", action="store_true")
+    p.add_argument(
+        "--side",
+        default="all",
+        choices=["all", "jax", "torch-eager", "torch-compile"],
+        help="which framework(s) this process times; compare.py runs one per process",
+    )
+    p.add_argument("--no-torch", action="store_true", help="= --side jax")
+    p.add_argument("--no-jax", action="store_true", help="torch sides only")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
@@ -388,6 +371,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     p.add_argument("--no-json", action="store_true")
     args = p.parse_args(argv)
+    if args.no_torch:
+        args.side = "jax"
+    run_torch = args.side != "jax" and not args.no_torch
+    run_jax = args.side in ("all", "jax") and not args.no_jax
 
     from stlight_jax import runtime
 
@@ -397,24 +384,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     import jax
 
+    from stlight_jax.model_size import PAPER_SIZES
     from stlight_jax.models import ModelConfig
 
     backend = jax.default_backend()
     batches = args.batch or ([4, 16] if backend == "cpu" else [16])
-    cfg = ModelConfig(
-        frames_in=10,
-        frames_out=10,
-        channels=1,
-        image_size=(64, 64),
-        dim=args.dim or SIZES[args.size],
-        depth=args.depth,
-        patch=2,
-        overlap=0,
-        k1=3,
-        k2=7,
-        dilation=3,
-        conv_impl=args.conv_impl,
-    )
+    sizes = dict(PAPER_SIZES[f"mmnist_{args.size}"][0], depth=args.depth)
+    if args.dim:
+        sizes["dim"] = args.dim
+    cfg = ModelConfig(**sizes, conv_impl=args.conv_impl)
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -442,11 +420,11 @@ def main(argv: list[str] | None = None) -> dict:
         x = rng.random((b, 10, 64, 64, 1), dtype=np.float32)
         y = rng.random((b, 10, 64, 64, 1), dtype=np.float32)
         cases: list[Case] = []
-        if not args.no_torch:
+        if run_torch:
             tc, tinfo = torch_cases(cfg, args, x, y, backend)
             cases += tc
             result.setdefault("versions", {}).update({k: v for k, v in tinfo.items()})
-        if not args.no_jax:
+        if run_jax:
             jc, jinfo = jax_cases(cfg, args, x, y)
             cases += jc
             result.setdefault("versions", {}).update(jinfo)
@@ -458,6 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
         _time_interleaved(cases, args.warmup, args.repeats)
         for c in cases:
             c.peak_mb = peaks[c.name]
+            if c.count_compiles and c.error is None:
+                c.compiles = c.count_compiles()
             if c.xla_memory_probe and c.error is None:
                 c.xla_memory_mb = c.xla_memory_probe()
         summaries = {c.name: c.summary() for c in cases}

@@ -136,7 +136,10 @@ def read_weights_file(path: str) -> Any:
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as e:  # SafetensorError (not a ValueError) for empty/damaged files
+            raise ValueError(f"cannot read {path!r} as .safetensors: {_reason(e, path)}") from e
     try:
         import torch
     except ImportError as e:  # torch is optional: only .pt/.pth need it
@@ -148,7 +151,7 @@ def read_weights_file(path: str) -> Any:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read {path!r} as a torch checkpoint: {e}") from e
+        raise ValueError(f"cannot read {path!r} as a torch checkpoint: {_reason(e, path)}") from e
 
 
 def _numpy_data_globals() -> list:
@@ -188,6 +191,13 @@ def read_state_dict(
         raw, source=repr(path), key_maps=weight_layouts.load_key_maps(key_map), strict=strict
     )
     return {k: _to_numpy(v) for k, v in state.items()}, layout
+
+
+def _reason(error: Exception, path: str) -> str:
+    """Why a weights file did not load, never empty (torch says nothing about an empty file)."""
+    size = os.path.getsize(path)
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"the file is empty (0 bytes; {text})" if size == 0 else text
 
 
 def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str) -> None:
@@ -293,7 +303,6 @@ def export_from_checkpoint(
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import sys
 
     from stlight_jax import config_io
 
@@ -328,9 +337,18 @@ def main(argv: list[str] | None = None) -> None:
             help="config file with optional argument, e.g. configs/mmnist.py:S, "
             "or a workdir (its config.json) or a config.json",
         )
+    from stlight_jax import cli_errors
+
+    for p in (imp, exp):
+        p.add_argument(
+            f"--{cli_errors.VERBOSE_FLAG}", action="store_true", help=cli_errors.VERBOSE_HELP
+        )
     args = parser.parse_args(argv)
     try:
         config = config_io.load_config(args.config)
+        from stlight_jax import config_validation
+
+        config_validation.validate(config)
         if args.command == "import":
             where = import_to_checkpoint(
                 args.weights, config, args.out, not args.non_strict, args.key_map
@@ -341,8 +359,10 @@ def main(argv: list[str] | None = None) -> None:
                 args.checkpoint, config, args.out, args.step, args.layout
             )
             print(f"wrote {where}")
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except cli_errors.user_error_types() as e:
+        if args.verbose_errors or cli_errors.verbose_requested([]):
+            raise
+        cli_errors.fail(parser.prog, cli_errors.one_line(e))
 
 
 if __name__ == "__main__":

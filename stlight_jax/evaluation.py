@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stlight_jax import data, metrics, predict, visualize
+from stlight_jax import config_validation, data, metrics, predict, visualize
 from stlight_jax.config_io import load_workdir_config
 from stlight_jax.models import ModelConfig
 from stlight_jax.sharding import create_mesh, host_batch, replicate, split_order
@@ -89,6 +89,7 @@ def run(options: EvalOptions) -> dict[str, Any]:
     config = options.config
     if config is None:
         config = load_workdir_config(options.workdir)
+    config_validation.validate(config)
     loaded = load_model(
         config,
         workdir=options.workdir,

@@ -19,7 +19,6 @@ weights; the README's Exports section gives the measurements behind that choice.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -166,7 +165,7 @@ def check_onnx(loaded: Any, path: str, batch: int, tolerance: float = 1e-5) -> f
 
 
 def main(argv: list[str] | None = None) -> None:
-    from stlight_jax import api
+    from stlight_jax import api, cli_errors
 
     parser = argparse.ArgumentParser(
         prog="stlight-export",
@@ -192,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--batch", type=int, default=None, help="fixed batch size (default: any)")
         p.add_argument("--step", default=None, help="'best', 'latest' or a step number")
         p.add_argument("--key_map", default=None, help="JSON key map for --weights")
+        p.add_argument("--verbose_errors", action="store_true", help=cli_errors.VERBOSE_HELP)
         if name == "stablehlo":
             p.add_argument(
                 "--platforms",
@@ -209,8 +209,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {write_stablehlo(loaded, args.out, args.batch, platforms)}")
         else:
             print(f"wrote {write_onnx(loaded, args.out, args.batch)}")
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        sys.exit(f"error: {e}")
+    except cli_errors.user_error_types() as e:  # one line naming the culprit, exit status 2
+        if args.verbose_errors or cli_errors.verbose_requested([]):
+            raise
+        cli_errors.fail(parser.prog, cli_errors.one_line(e))
 
 
 if __name__ == "__main__":

@@ -171,8 +171,12 @@ def load_input(path: str, cfg: ModelConfig) -> tuple[np.ndarray, dict[str, Any]]
         mode = "L" if cfg.channels == 1 else "RGB"
         frames = []
         for name in names:
-            with Image.open(os.path.join(path, name)) as img:
-                frames.append(np.asarray(img.convert(mode), np.uint8))
+            try:
+                with Image.open(os.path.join(path, name)) as img:
+                    frames.append(np.asarray(img.convert(mode), np.uint8))
+            except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for damaged files
+                where = os.path.join(path, name)
+                raise ValueError(f"{where}: cannot read as an image ({e})") from e
         shapes = {f.shape for f in frames}
         if len(shapes) > 1:
             raise ValueError(f"{path}: images differ in size: {sorted(shapes)}")

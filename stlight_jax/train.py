@@ -17,7 +17,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from stlight_jax import checkpoint, data, optim, schedules, weights
+from stlight_jax import (
+    checkpoint,
+    config_validation,
+    data,
+    optim,
+    schedules,
+    weights,
+    workdir_lock,
+)
+from stlight_jax.cli_errors import RunCannotContinue
 from stlight_jax.config_io import model_config, save_workdir_config
 from stlight_jax.model_size import model_size
 from stlight_jax.sharding import create_mesh, global_batch, replicated
@@ -34,8 +43,12 @@ if TYPE_CHECKING:
     import orbax.checkpoint as ocp
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunCannotContinue):
     """Raised when the training loss becomes NaN or Inf; names the step."""
+
+
+class EvaluationInterrupted(Exception):
+    """A stop signal arrived during a validation or test pass (named by the message)."""
 
 
 class _StopSignal:
@@ -56,7 +69,32 @@ class _StopSignal:
     def _handle(self, signum, frame):
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        if self.received is None:
+            # Said at once (os.write is safe in a handler; logging's locks are not).
+            os.write(
+                2,
+                f"signal {signum} received: stopping after the current step or "
+                "evaluation batch, with a checkpoint\n".encode(),
+            )
         self.received = signum
+
+    def batch_hook(self, what: str):
+        """An `evaluate_split` hook that stops a validation or test pass within one batch of a
+        signal (raising EvaluationInterrupted); all processes stop at the same batch."""
+        n_proc = jax.process_count()
+
+        def on_batch(batch, gbatch) -> None:
+            stop = self.received is not None
+            if n_proc > 1:
+                from jax.experimental import multihost_utils
+
+                stop = bool(np.any(multihost_utils.process_allgather(np.int32(stop))))
+                if stop and self.received is None:
+                    self.received = signal.SIGTERM
+            if stop:
+                raise EvaluationInterrupted(what)
+
+        return on_batch
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -97,7 +135,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     current step and return {'interrupted_at_step': step}. A non-finite loss or parameter
     raises NonFiniteLossError naming the step; nothing non-finite is ever checkpointed.
     """
-    with _StopSignal() as stop:
+    config_validation.validate(config)  # before any data, compile or workdir work
+    with (
+        _StopSignal() as stop,
+        checkpoint.disk_full_guard(workdir),
+        workdir_lock.hold_for_job(workdir),
+    ):
         return _train_and_evaluate(config, workdir, stop)
 
 
@@ -154,7 +197,7 @@ def _train_and_evaluate(
                 logging.info("Fresh initialisation (seed %d)", config.seed)
             state = jax.device_put(state, replicated(mesh))
 
-        writer = MetricWriter(workdir)
+        writer = MetricWriter(workdir, start_step)
         if start_step == 0:
             writer.write(
                 0,
@@ -248,9 +291,39 @@ def _train_then_test(run: _TrainingRun, state: State, start_step: int) -> dict[s
         flush_pending()  # never checkpoint a state whose loss went non-finite
         checkpoint.save(run.manager, step, state, run.train_iter.get_state(), val)
 
+    def validate_and_save(step: int) -> bool:
+        """Validates the state at `step` and saves it with its validation MSE; on a signal
+        during validation, saves it without and returns False (the rerun validates it)."""
+        try:
+            val_mse = _validate(run, state, step, step // run.steps_per_epoch)
+        except EvaluationInterrupted:
+            if run.manager.latest_step() != step:
+                save(step)
+            logging.warning(
+                "signal %d received during validation: saved step %d to %s (the rerun "
+                "validates it); exiting",
+                run.stop.received,
+                step,
+                run.manager.directory,
+            )
+            return False
+        if run.manager.latest_step() == step:  # saved by an interrupted run, without metrics
+            run.manager.delete(step)
+        save(step, {checkpoint.VAL_METRIC: float(val_mse)})
+        return True
+
     step = start_step
     start_time = time.time()
     compile_logged = False
+    if (
+        start_step > 0
+        and _validation_due(run, start_step)
+        and checkpoint.VAL_METRIC not in (run.manager.metrics(start_step) or {})
+    ):
+        # The run that saved this step stopped before validating it.
+        if not validate_and_save(start_step):
+            progress.close()
+            return {"interrupted_at_step": start_step}
     try:
         while step < run.total_steps:
             batch = global_batch(next(run.train_iter), run.mesh)
@@ -282,12 +355,10 @@ def _train_then_test(run: _TrainingRun, state: State, start_step: int) -> dict[s
                 )
                 return {"interrupted_at_step": step}
             epoch_done = step % run.steps_per_epoch == 0
-            epoch = step // run.steps_per_epoch
-            every = run.config.eval_every_epochs  # 0: validate after the last epoch only
-            if epoch_done and ((every > 0 and epoch % every == 0) or step == run.total_steps):
+            if _validation_due(run, step):
                 flush_pending()
-                val_mse = _validate(run, state, step, epoch)
-                save(step, {checkpoint.VAL_METRIC: float(val_mse)})
+                if not validate_and_save(step):
+                    return {"interrupted_at_step": step}
             elif epoch_done or (
                 run.config.checkpoint_every_steps and step % run.config.checkpoint_every_steps == 0
             ):
@@ -297,7 +368,26 @@ def _train_then_test(run: _TrainingRun, state: State, start_step: int) -> dict[s
     if run.manager.latest_step() != step:
         save(step)
     train_seconds = time.time() - start_time
-    return _test_best_checkpoint(run, state, step, train_seconds)
+    try:
+        return _test_best_checkpoint(run, state, step, train_seconds)
+    except EvaluationInterrupted:
+        logging.warning(
+            "signal %d received during the test pass: every checkpoint is saved (latest step "
+            "%d in %s); the rerun does the test pass again; exiting",
+            run.stop.received,
+            step,
+            run.manager.directory,
+        )
+        return {"interrupted_at_step": step}
+
+
+def _validation_due(run: _TrainingRun, step: int) -> bool:
+    """Whether `step` ends an epoch that is validated (every `eval_every_epochs`; 0: only
+    the last)."""
+    if step % run.steps_per_epoch:
+        return False
+    every = run.config.eval_every_epochs
+    return (every > 0 and (step // run.steps_per_epoch) % every == 0) or step == run.total_steps
 
 
 def _validate(run: _TrainingRun, state: State, step: int, epoch: int) -> float:
@@ -311,6 +401,7 @@ def _validate(run: _TrainingRun, state: State, step: int, epoch: int) -> float:
         run.mesh,
         "val",
         predictors=("model",),
+        on_batch=run.stop.batch_hook("validation"),
     )
     val_mse = val["model"]["mse"]
     run.writer.write(
@@ -346,7 +437,15 @@ def _test_best_checkpoint(
     else:
         best = step
         params, batch_stats = state["params"], state["batch_stats"]
-    test = evaluate_split(run.config, run.eval_step, params, batch_stats, run.mesh, "test")
+    test = evaluate_split(
+        run.config,
+        run.eval_step,
+        params,
+        batch_stats,
+        run.mesh,
+        "test",
+        on_batch=run.stop.batch_hook("test pass"),
+    )
     result = {
         "checkpoint_step": int(best),
         "train_seconds": train_seconds,

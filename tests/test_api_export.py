@@ -166,7 +166,7 @@ def test_stablehlo_cli_fixed_batch(weights, tmp_path):
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "pass config=" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pass config=" in r.stderr
 
 
 def test_onnx_matches_jax(weights, tmp_path, rng):

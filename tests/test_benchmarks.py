@@ -9,7 +9,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import bench, eval_throughput  # noqa: E402
+import pytest  # noqa: E402
+
+from benchmarks import bench, compare, eval_throughput  # noqa: E402
 
 
 def test_bench_times_both_frameworks_and_writes_json(tmp_path, capsys):
@@ -34,6 +36,8 @@ def test_bench_times_both_frameworks_and_writes_json(tmp_path, capsys):
         assert len(c["times_s"]) == 2 and c["median_s"] > 0 and c["compile_s"] > 0
         assert c["samples_per_s"] == 2 / c["median_s"]
     step = cases["stlight-jax train step"]
+    # One executable each: the timed calls never recompiled (uncommitted first inputs did).
+    assert step["compiles"] == 1 and cases["stlight-jax forward"]["compiles"] == 1
     assert "paper_schedule_h" not in step  # only at the paper's batch of 16
     # XLA's accounting of the train step covers at least params + Adam's two moments.
     assert step["xla_memory_mb"] > cases["stlight-jax forward"]["xla_memory_mb"] > 0
@@ -61,3 +65,104 @@ def test_paper_schedule_time_is_reported_at_the_papers_batch():
     assert case.summary()["paper_schedule_h"] == 3.0 * 125_000 / 3600
     case.batch = 4
     assert "paper_schedule_h" not in case.summary()
+
+
+def test_bench_side_times_one_framework_only(tmp_path):
+    out = tmp_path / "eager.json"
+    bench.main(
+        ["--dim", "8", "--depth", "1", "--batch", "2", "--repeats", "1", "--warmup", "0",
+         "--side", "torch-eager", "--out", str(out)]
+    )  # fmt: skip
+    cases = json.loads(out.read_text())["runs"][0]["cases"]
+    assert set(cases) == {"torch eager forward", "torch eager train step"}
+
+
+def test_train_flops_convention_matches_torch_flop_counter():
+    """compare.py counts a train step as 3x the forward's conv/matmul FLOPs. PyTorch's counter
+    over forward + backward of the reference agrees conv by conv: each dense conv's backward is
+    2x its forward (input + weight gradient), the first conv's 1x (no input gradient; the
+    convention keeps it). Depthwise convs are left out: the counter ignores `groups` in
+    convolution_backward (it reports 17x the forward for them here)."""
+    torch = pytest.importorskip("torch", reason="torch's FlopCounterMode is the cross-check")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from stlight_jax.models import ModelConfig
+    from stlight_jax.reference import reference_from_config
+
+    cfg = ModelConfig(frames_in=3, frames_out=2, image_size=(16, 16), dim=16, depth=3)
+    ref = reference_from_config(cfg).train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        ref(torch.rand(2, 3, 1, 16, 16)).square().mean().backward()
+    counts = counter.get_flop_counts()
+    fwd, bwd = torch.ops.aten.convolution, torch.ops.aten.convolution_backward
+    assert counts["Global"][fwd] == compare.case_flops(cfg, 2, "forward")
+    assert compare.case_flops(cfg, 2, "train step") == 3 * compare.case_flops(cfg, 2, "forward")
+    dense = [f"STLight.net.{i}.1" for i in range(cfg.depth)] + ["STLight.patch_reassemble"]
+    for name in dense:
+        assert counts[name][bwd] == 2 * counts[name][fwd], name
+    encoder = counts["STLight.patch_encoder"]
+    assert encoder[bwd] == encoder[fwd]
+
+
+@pytest.mark.slow
+def test_compare_runs_each_side_in_its_own_process(tmp_path, capsys):
+    out = tmp_path / "compare.json"
+    result = compare.main(
+        ["--dim", "8", "--depth", "1", "--batch", "2", "--rounds", "2", "--repeats", "1",
+         "--sides", "jax", "torch-eager", "--peak-n", "128", "--peak-repeats", "2",
+         "--malloc", "default", "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["rounds"] == {"2": 2} and (tmp_path / "compare.log").exists()
+    run = saved["runs"][0]
+    # Every round started one process per side: each round's JSON holds one framework.
+    for rnd in run["per_round"]:
+        assert set(rnd) == {"jax", "torch-eager"}
+        assert set(rnd["jax"]["runs"][0]["cases"]) == {
+            "stlight-jax forward",
+            "stlight-jax train step",
+        }
+    peak = saved["matmul_peak"]
+    assert peak["measurements"] == 4 and peak["gflops"] > 0  # jax + torch per round
+    for name in ("stlight-jax train step", "torch eager forward"):
+        c = run["cases"][name]
+        assert len(c["times_s"]) == 2 and c["median_s"] > 0  # pooled: 2 rounds x 1 repeat
+        assert c["gflops_per_s"] == pytest.approx(c["gflop"] / c["median_s"])
+        assert c["share_of_peak"] == pytest.approx(c["gflops_per_s"] / peak["gflops"])
+    jax_step = run["cases"]["stlight-jax train step"]["median_s"]
+    torch_step = run["cases"]["torch eager train step"]["median_s"]
+    assert run["ratios"]["train step: torch eager / stlight-jax"] == torch_step / jax_step
+    assert "stlight-jax: train step / forward" in run["ratios"]
+    assert "% peak" in capsys.readouterr().out
+    assert result["wall_s"] > 0
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_trains_both_sides_from_the_same_start(tmp_path):
+    from benchmarks import time_to_accuracy
+    from tests import tiny_config
+
+    data = tiny_config.write_data(str(tmp_path / "tiny.npz"))
+    out = tmp_path / "tta.json"
+    result = time_to_accuracy.main(
+        ["--config", os.path.join(ROOT, f"tests/tiny_config.py:{data}"), "--budget", "2",
+         "--eval-every", "1", "--num-val", "8", "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert set(saved["sides"]) == {"jax", "torch"}
+    assert "error" not in saved["sides"]["jax"], saved["sides"]["jax"]
+    assert saved["same_first_batch"] is True
+    assert (tmp_path / "tta.png").stat().st_size > 0
+    jax_side, torch_side = saved["sides"]["jax"], saved["sides"]["torch"]
+    # The same converted initial weights: identical val MSE before the first step.
+    assert jax_side["curve"][0]["val_mse"] == pytest.approx(
+        torch_side["curve"][0]["val_mse"], rel=1e-4
+    )
+    for side in (jax_side, torch_side):
+        assert "error" not in side, side
+        assert side["steps"] >= 1 and side["val_sequences"] == 8
+        assert side["curve"][-1]["step"] == side["steps"]
+        # it stopped on its budget or at the schedule's end, never past either
+        assert side["train_seconds"] - side["first_step_s"] < 2 + side["curve"][-1]["seconds"]
+    assert result["budget_s"] == 2

@@ -3,12 +3,10 @@
 Scores a trained STLight on a split (OpenSTL metrics, baselines, pictures) or forecasts new data.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from stlight_jax import runtime
+from stlight_jax import cli_errors, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -53,27 +51,23 @@ def _main(argv):
 
     from stlight_jax import evaluation
 
-    try:
-        options = evaluation.EvalOptions(
-            workdir=FLAGS.workdir,
-            config=FLAGS.config,
-            weights=FLAGS.weights,
-            checkpoint=FLAGS.checkpoint,
-            step=FLAGS.step,
-            split=FLAGS.split,
-            mode=FLAGS.mode,
-            input_path=FLAGS.input,
-            horizon=FLAGS.horizon,
-            out=FLAGS.out,
-            num_samples=FLAGS.num_samples,
-            save_arrays=FLAGS.save_arrays,
-            ssim_data_range=FLAGS.ssim_data_range,
-            key_map=FLAGS.key_map,
-        )
-        result = evaluation.run(options)
-    except (ValueError, FileNotFoundError) as e:
-        # A bad option or input: the message says what was expected; no traceback or flag dump.
-        sys.exit(f"evaluate.py: error: {e}")
+    options = evaluation.EvalOptions(
+        workdir=FLAGS.workdir,
+        config=FLAGS.config,
+        weights=FLAGS.weights,
+        checkpoint=FLAGS.checkpoint,
+        step=FLAGS.step,
+        split=FLAGS.split,
+        mode=FLAGS.mode,
+        input_path=FLAGS.input,
+        horizon=FLAGS.horizon,
+        out=FLAGS.out,
+        num_samples=FLAGS.num_samples,
+        save_arrays=FLAGS.save_arrays,
+        ssim_data_range=FLAGS.ssim_data_range,
+        key_map=FLAGS.key_map,
+    )
+    result = evaluation.run(options)
     if jax.process_index() == 0:
         if result["mode"] == "eval":
             print(evaluation.format_table(result))
@@ -86,11 +80,13 @@ def _main(argv):
 
 
 def main() -> None:
-    """Console-script entry: config paths such as configs/mmnist.py:S also resolve to the
-    installed configs, so the command works from any directory."""
+    """Entry point of the script and the console script. Config paths such as
+    configs/mmnist.py:S also resolve to the installed configs, so it works from any directory."""
+    import os
     import sys
 
     from stlight_jax.packaged_configs import resolve_config_flag
 
     runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
-    app.run(_main, argv=resolve_config_flag(sys.argv))
+    sys.argv[:] = resolve_config_flag(sys.argv)
+    cli_errors.run_absl(_main, os.path.basename(sys.argv[0]))

@@ -6,7 +6,7 @@ Trains STLight from a config file; rerunning the same command resumes from the w
 from absl import app, flags
 from ml_collections import config_flags
 
-from stlight_jax import runtime
+from stlight_jax import cli_errors, runtime
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -30,11 +30,13 @@ def _main(argv):
 
 
 def main() -> None:
-    """Console-script entry: config paths such as configs/mmnist.py:S also resolve to the
-    installed configs, so the command works from any directory."""
+    """Entry point of the script and the console script. Config paths such as
+    configs/mmnist.py:S also resolve to the installed configs, so it works from any directory."""
+    import os
     import sys
 
     from stlight_jax.packaged_configs import resolve_config_flag
 
     runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
-    app.run(_main, argv=resolve_config_flag(sys.argv))
+    sys.argv[:] = resolve_config_flag(sys.argv)
+    cli_errors.run_absl(_main, os.path.basename(sys.argv[0]))
