@@ -135,6 +135,7 @@ RULES: dict[str, _Rule] = {
     "log_every_steps": _integer(0),
     "checkpoint_every_steps": _integer(0),
     "init_from": _string,
+    "init_from_key_map": _string,
 }
 
 

@@ -117,7 +117,11 @@ def _train_and_evaluate(
             start_step = 0
             if config.init_from:
                 params, batch_stats, what = weights.load_init_from(
-                    config.init_from, graphdef, state["params"], state["batch_stats"]
+                    config.init_from,
+                    graphdef,
+                    state["params"],
+                    state["batch_stats"],
+                    key_map=config.get("init_from_key_map") or None,
                 )
                 state = {
                     **state,
