@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import numpy as np
-import optax
 import pytest
 from conftest import from_torch_video, max_rel_err, randomize_reference, to_torch_video
 
@@ -197,20 +196,17 @@ def test_stf_checkpoint_through_evaluate_and_back_to_stf(tmp_path, rng):
 def test_init_from_reads_stf_layout(tmp_path):
     from flax import nnx
 
-    from stlight_jax import train
+    from stlight_jax import weights
 
     stf = _stf(seed=5)
     save_like_stf_trainer(stf, CFG, tmp_path / "stf.pth")
     config = config_io.load_config(str(_config_file(tmp_path)))
     config.init_from = str(tmp_path / "stf.pth")
     model = create_model(CFG, seed=0)
-    tx = optax.adam(1e-3)
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    state, what = train._load_init_from(
-        config, graphdef, {"params": params, "batch_stats": stats}, tx
-    )
+    params, stats, what = weights.load_init_from(config.init_from, graphdef, params, stats)
     assert "stf layout" in what
-    loaded = convert.model_state_dict(nnx.merge(graphdef, state["params"], state["batch_stats"]))
+    loaded = convert.model_state_dict(nnx.merge(graphdef, params, stats))
     for k, v in zip(loaded, stf.state_dict().values(), strict=True):
         assert np.array_equal(loaded[k], v.numpy()), k
 
