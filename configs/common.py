@@ -80,7 +80,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval_every_epochs = 1
     config.log_every_steps = 50
     config.checkpoint_every_steps = 0  # 0: at the end of every epoch only
-    config.init_from = ""  # Orbax checkpoint dir or PyTorch weights file
+    config.init_from = ""  # Orbax checkpoint dir or PyTorch weights file (Figure 10 / STF keys)
+    config.init_from_key_map = ""  # JSON of regex -> Figure 10 key, for weights in other layouts
     return config
 
 

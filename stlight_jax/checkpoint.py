@@ -5,19 +5,25 @@ A workdir's checkpoints live in `<workdir>/checkpoints/<step>/` with two items: 
 A weights-only checkpoint (from `stlight_jax.convert import`) holds just
 {'params', 'batch_stats'} under `state`. Restores go into an abstract target, so a checkpoint
 written on 8 devices restores on 1 and the other way round. Each step also records SHA-256
-digests of the state, checked on restore, because Orbax itself does not detect garbled data.
+digests of the state, checked on restore, because Orbax itself does not detect garbled data:
+in `<step>/stlight_sha256.json` (written atomically after the save, so damage to Orbax's
+metadata cannot take them away) and as a copy in Orbax's step metadata. A step without
+readable digests is never used: training sets it aside, evaluation refuses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gc
 import hashlib
+import json
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -28,11 +34,63 @@ from orbax.checkpoint import checkpoint_managers
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable_checkpoints"  # beside CHECKPOINT_DIR: steps set aside on resume
 VAL_METRIC = "val_mse"
-DIGEST_KEY = "sha256"  # custom metadata: {top-level state key: digest}
+DIGEST_KEY = "sha256"  # {top-level state key: digest}, in DIGEST_FILE and custom metadata
+DIGEST_FILE = "stlight_sha256.json"  # in each step's directory, written after the save
 
 
 class CorruptCheckpointError(ValueError):
     """A checkpoint restored without error but its arrays differ from what was saved."""
+
+
+class DiskFullError(OSError):
+    """Writing into the workdir failed for lack of space (or quota); the message names it."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full_cause(error: BaseException | None) -> BaseException | None:
+    """The ENOSPC/EDQUOT/EFBIG error in `error`'s chain (Orbax and TensorStore may wrap it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return error
+        if "No space left on device" in str(error):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def disk_full_guard(workdir: str) -> Iterator[None]:
+    """Turns a full disk anywhere in the block into one DiskFullError naming `workdir` and its
+    latest complete checkpoint (a failed save never touches the earlier steps)."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as e:
+        cause = _disk_full_cause(e)
+        if cause is None:
+            raise
+        _drop_failed_reads()  # the failed writes' coroutines would print pages when collected
+        ckpt_dir = checkpoint_dir(workdir)
+        steps = (
+            sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+            if os.path.isdir(ckpt_dir)
+            else []
+        )
+        kept = (
+            f"the latest complete checkpoint, step {steps[-1]}, is intact"
+            if steps
+            else ("no checkpoint had been saved yet")
+        )
+        reason = getattr(cause, "strerror", None) or "No space left on device"
+        raise DiskFullError(
+            f"disk full while writing to workdir {os.path.abspath(workdir)} ({reason}); {kept}: "
+            "free some space and rerun the same command to resume"
+        ) from e
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -107,24 +165,84 @@ def digests(state: Any) -> dict[str, str]:
     return out
 
 
+def _digest_file(manager, step: int) -> str:
+    return os.path.join(os.fspath(manager.directory), str(step), DIGEST_FILE)
+
+
+def _valid_digests(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(v, str) and len(v) == 64 for v in value.values())
+    )
+
+
+def saved_digests(manager, step: int) -> dict[str, str]:
+    """The SHA-256 digests saved with `step`: from its digest file, else from the copy in
+    Orbax's step metadata. Raises CorruptCheckpointError when neither holds readable digests
+    (a step whose data cannot be verified is never used) or when the digest file is damaged.
+    """
+    path = _digest_file(manager, step)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                saved = json.load(f)[DIGEST_KEY]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptCheckpointError(
+                f"step {step}: its digest file {path} is unreadable ({type(e).__name__})"
+            ) from e
+        if not _valid_digests(saved):
+            raise CorruptCheckpointError(f"step {step}: its digest file {path} is damaged")
+        return saved
+    try:
+        saved = (manager.metadata(step).custom_metadata or {}).get(DIGEST_KEY)
+    except Exception:  # a damaged metadata file: as good as none
+        saved = None
+    if not _valid_digests(saved):
+        raise CorruptCheckpointError(
+            f"step {step}: no readable SHA-256 digests (no {DIGEST_FILE}, none in Orbax's "
+            "metadata); its data cannot be verified, so it is not used"
+        )
+    return saved
+
+
 def _verify(manager, step: int, state: Any) -> None:
-    """Raises CorruptCheckpointError when `state` does not match the digests saved at `step`."""
-    saved = (manager.metadata(step).custom_metadata or {}).get(DIGEST_KEY)
-    if not saved:
-        return  # written before digests existed (or by another tool): nothing to check
+    """Raises CorruptCheckpointError when `state` does not match the digests saved at `step`
+    (or when there are none to check it against)."""
+    saved = saved_digests(manager, step)
     got = digests(state)
-    bad = sorted(k for k in got if k in saved and saved[k] != got[k])
+    bad = sorted(k for k in got if saved.get(k) != got[k])
     if bad:
         raise CorruptCheckpointError(
             f"step {step}: restored {', '.join(bad)} do not match the saved SHA-256"
         )
 
 
+def _write_digest_file(manager, step: int, state_digests: dict[str, str]) -> None:
+    """Writes the step's digests beside its data, atomically (temp file, fsync, rename), so a
+    damaged or deleted Orbax metadata file cannot take them away."""
+    if jax.process_index() != 0:
+        return
+    path = _digest_file(manager, step)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"step": int(step), DIGEST_KEY: state_digests}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def save(
     manager, step: int, state: Any, data_state: dict | None, metrics: dict[str, float] | None = None
 ) -> None:
     """Saves the training state (a pytree) and the data-iterator state at `step`, with the
-    state's digests in the step's custom metadata."""
+    state's digests in the step's digest file and a copy in its custom metadata."""
+    state_digests = digests(state)
     items = {"state": ocp.args.StandardSave(state)}
     items["data"] = ocp.args.JsonSave(data_state or {})
     manager.save(
@@ -132,9 +250,10 @@ def save(
         args=ocp.args.Composite(**items),
         metrics=metrics,
         force=True,
-        custom_metadata={DIGEST_KEY: digests(state)},
+        custom_metadata={DIGEST_KEY: state_digests},
     )
     manager.wait_until_finished()
+    _write_digest_file(manager, step, state_digests)
 
 
 def abstract_like(tree: Any) -> Any:
@@ -155,6 +274,7 @@ def best_step(manager) -> int | None:
 def restore(manager, step: int, target: Any) -> tuple[Any, dict]:
     """Restores (state, data_state) at `step` into the abstract `target` pytree; raises
     CorruptCheckpointError when the arrays do not match the digests saved with them."""
+    saved_digests(manager, step)  # no digests to check against: refuse before reading
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -180,10 +300,9 @@ def restore_latest_readable(
         try:
             state, data_state = restore(manager, step, target)
         except Exception as e:  # truncated / half-written files surface as many error types
-            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             log(
                 f"checkpoint at step {step} in {manager.directory} is unreadable "
-                f"({type(e).__name__}: {msg}); trying the previous one"
+                f"({read_error_reason(e)}); trying the previous one"
             )
             unreadable.append(step)
         else:
@@ -192,6 +311,22 @@ def restore_latest_readable(
         _drop_failed_reads()
     _set_aside(manager, unreadable, log)
     return None
+
+
+def read_error_reason(error: BaseException) -> str:
+    """A short reason for a failed restore: the root cause's first line. Orbax's own message
+    embeds the whole TensorStore spec (dozens of lines) after "See full TensorStore details"."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen and len(chain) < 8:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for e in reversed(chain):  # the innermost cause with something to say
+        text = str(e).split("See full TensorStore details")[0].strip()
+        if text:
+            line = text.splitlines()[0].strip()
+            return f"{type(e).__name__}: {line[:300]}"
+    return type(chain[0]).__name__ if chain else "unknown error"
 
 
 def _drop_failed_reads() -> None:
@@ -265,20 +400,33 @@ def restore_weights(
             "params": abstract_like(target_params),
             "batch_stats": abstract_like(target_batch_stats),
         }
+        saved_digests(manager, chosen)  # no digests to check against: refuse before reading
         # Partial restore: a training checkpoint also holds opt_state and step, ignored here.
-        restored = manager.restore(
-            chosen,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=target,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                    partial_restore=True,
-                ),
-                data=ocp.args.JsonRestore(),  # named so Orbax does not warn it was skipped
-            ),
-        )
+        try:
+            restored = _restore_partial(manager, chosen, target)
+        except Exception as e:
+            _drop_failed_reads()
+            raise CorruptCheckpointError(
+                f"step {chosen}: the checkpoint in {path} cannot be restored "
+                f"({read_error_reason(e)})"
+            ) from e
         state = restored["state"]
         _verify(manager, chosen, state)
         return state["params"], state["batch_stats"], chosen
     finally:
         manager.close()
+
+
+def _restore_partial(manager, step: int, target: Any) -> Any:
+    """Restores only `target`'s entries ({'params', 'batch_stats'}) of the state at `step`."""
+    return manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            ),
+            data=ocp.args.JsonRestore(),  # named so Orbax does not warn it was skipped
+        ),
+    )

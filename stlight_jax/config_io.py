@@ -18,7 +18,12 @@ _PATH_FIELDS = ("data_dir", "path", "test_file", "mnist_path", "tfds_dir")  # of
 
 def load_config(spec: str) -> Any:
     """The one way configs are read by path: 'configs/x.py[:arg]' -> get_config(arg); a saved
-    'config.json' (or a training workdir, meaning its config.json) -> that resolved ConfigDict."""
+    'config.json' (or a training workdir, meaning its config.json) -> that resolved ConfigDict.
+    A config module missing from the working directory ('configs/mmnist.py:S', 'mmnist:S') is
+    read from the installed package (`packaged_configs`)."""
+    from stlight_jax.packaged_configs import resolve
+
+    spec = resolve(spec)
     if os.path.isdir(spec):
         spec = os.path.join(spec, CONFIG_FILE)
     if spec.endswith(".json"):
@@ -52,8 +57,9 @@ def resolved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     for field in _PATH_FIELDS:
         if resolved.data.get(field):
             resolved.data[field] = os.path.abspath(resolved.data[field])
-    if resolved.get("init_from"):
-        resolved.init_from = os.path.abspath(resolved.init_from)
+    for field in ("init_from", "init_from_key_map"):
+        if resolved.get(field):
+            resolved[field] = os.path.abspath(resolved[field])
     return resolved
 
 

@@ -1,23 +1,24 @@
 """PyTorch <-> stlight-jax weights: state_dict import/export and a command line converter.
 
-Import reads the Figure 10 key names (docs/conventions.md §1) from a `.pt`/`.pth`/`.ckpt`
-(loaded with `weights_only=True`, Lightning `state_dict` + `model.` prefix unwrapped) or a
-`.safetensors` file; export writes the same keys back, so import followed by export is the
-identity, bit for bit.
+Import reads a `.pt`/`.pth`/`.ckpt` (loaded with `weights_only=True`) or `.safetensors` file in
+any layout `weight_layouts` recognises (Figure 10 keys as in docs/conventions.md §1, the STF
+code's, training-checkpoint wrappers, user key maps); export writes Figure 10 keys (or
+`--layout=stf`), so import followed by export is the identity, bit for bit.
 
     python -m stlight_jax.convert import --config=configs/mmnist.py:S --weights=w.pth --out=ckpt
     python -m stlight_jax.convert export --config=configs/mmnist.py:S --checkpoint=ckpt \
-        --out=w.safetensors
+        --out=w.safetensors [--layout=stf]
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from stlight_jax import weight_layouts
 from stlight_jax.layout import expected_torch_shapes, parameter_layout
 from stlight_jax.models import ModelConfig
 
@@ -127,40 +128,76 @@ def variables_to_state_dict(
     return out
 
 
-def load_state_dict_file(path: str) -> dict[str, np.ndarray]:
-    """Reads a torch state_dict from .safetensors or a torch file (weights_only=True).
-
-    Unwraps a Lightning checkpoint ({'state_dict': {'model.<key>': ...}}) and a DDP
-    `module.` prefix.
-    """
+def read_weights_file(path: str) -> Any:
+    """The object stored in a .safetensors file or a torch file (read with weights_only=True:
+    tensors and plain containers only, never pickled code)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
-        raw: Mapping[str, Any] = load_file(path)
-    else:
         try:
-            import torch
-        except ImportError as e:  # torch is optional: only .pt/.pth need it
-            raise ImportError(
-                f"reading {path!r} needs PyTorch (`pip install torch==2.13.0`); "
-                "a .safetensors file does not"
-            ) from e
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"cannot read {path!r} as a torch checkpoint: {e}") from e
-    if isinstance(raw, Mapping) and "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
-        raw = raw["state_dict"]
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{path!r} holds a {type(raw).__name__}, not a state_dict")
-    keys = list(raw)
-    for prefix in ("model.", "module."):
-        if keys and all(k.startswith(prefix) for k in keys):
-            raw = {k[len(prefix) :]: v for k, v in raw.items()}
-            keys = list(raw)
-    return {k: _to_numpy(v) for k, v in raw.items()}
+            return load_file(path)
+        except Exception as e:  # SafetensorError (not a ValueError) for empty/damaged files
+            raise ValueError(f"cannot read {path!r} as .safetensors: {_reason(e, path)}") from e
+    try:
+        import torch
+    except ImportError as e:  # torch is optional: only .pt/.pth need it
+        raise ImportError(
+            f"reading {path!r} needs PyTorch (`pip install torch==2.13.0`); "
+            "a .safetensors file does not"
+        ) from e
+    try:
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read {path!r} as a torch checkpoint: {_reason(e, path)}") from e
+
+
+def _numpy_data_globals() -> list:
+    """numpy arrays and scalars for the weights_only unpickler: training checkpoints (STF's
+    trainer) store numpy RNG states and losses next to the weights. Data types only, no code;
+    numpy 1.x wrote the same functions under numpy.core."""
+    from numpy._core import multiarray
+
+    return [
+        np.ndarray,
+        np.dtype,
+        multiarray._reconstruct,
+        multiarray.scalar,
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        (multiarray.scalar, "numpy.core.multiarray.scalar"),
+        *(type(np.dtype(c)) for c in "?bBhHiIlLqQefdg"),
+    ]
+
+
+def load_state_dict_file(
+    path: str, key_map: str | Sequence[str] | None = None, strict: bool = True
+) -> dict[str, np.ndarray]:
+    """Reads weights in any layout `weight_layouts` recognises and returns Figure 10 keys.
+
+    Training checkpoints (Lightning's `state_dict`, STF's `model_state_dict`) and `model.` /
+    `module.` prefixes are unwrapped; `key_map` names JSON key map files for other layouts.
+    """
+    return read_state_dict(path, key_map, strict)[0]
+
+
+def read_state_dict(
+    path: str, key_map: str | Sequence[str] | None = None, strict: bool = True
+) -> tuple[dict[str, np.ndarray], str]:
+    """`load_state_dict_file` plus the name of the layout the keys were recognised as."""
+    raw = read_weights_file(path)
+    state, layout = weight_layouts.to_paper(
+        raw, source=repr(path), key_maps=weight_layouts.load_key_maps(key_map), strict=strict
+    )
+    return {k: _to_numpy(v) for k, v in state.items()}, layout
+
+
+def _reason(error: Exception, path: str) -> str:
+    """Why a weights file did not load, never empty (torch says nothing about an empty file)."""
+    size = os.path.getsize(path)
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"the file is empty (0 bytes; {text})" if size == 0 else text
 
 
 def save_state_dict_file(state_dict: Mapping[str, np.ndarray], path: str) -> None:
@@ -218,25 +255,37 @@ def model_state_dict(model: Any) -> dict[str, np.ndarray]:
 # Command line: python -m stlight_jax.convert {import,export} ...
 
 
-def import_to_checkpoint(weights: str, config: Any, out: str, strict: bool = True) -> str:
-    """PyTorch weights file -> Orbax weights checkpoint that train.py (`init_from`) and
-    evaluate.py (`--checkpoint`) start from. Returns the checkpoint path."""
+def import_to_checkpoint(
+    weights: str,
+    config: Any,
+    out: str,
+    strict: bool = True,
+    key_map: str | Sequence[str] | None = None,
+) -> str:
+    """PyTorch weights file (any layout `weight_layouts` recognises) -> Orbax weights
+    checkpoint that train.py (`init_from`) and evaluate.py (`--checkpoint`) start from.
+    Returns the checkpoint path and the layout read."""
     from flax import nnx
 
     from stlight_jax import checkpoint
     from stlight_jax.models import create_model
 
     model = create_model(ModelConfig.from_config(config.model), seed=0)
-    load_into_model(model, load_state_dict_file(weights), strict=strict, source=weights)
-    return checkpoint.save_weights(
+    state_dict, layout = read_state_dict(weights, key_map, strict)
+    load_into_model(model, state_dict, strict=strict, source=weights)
+    where = checkpoint.save_weights(
         out, nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat)
     )
+    return f"{where} (from the {layout} layout)"
 
 
-def export_from_checkpoint(path: str, config: Any, out: str, step: str | None = None) -> str:
+def export_from_checkpoint(
+    path: str, config: Any, out: str, step: str | None = None, layout: str = "paper"
+) -> str:
     """Orbax checkpoint (workdir, checkpoints dir or weights checkpoint) -> PyTorch file.
 
-    `out` ending in .safetensors writes safetensors, anything else a torch.save state_dict.
+    `out` ending in .safetensors writes safetensors, anything else a torch.save state_dict;
+    `layout` 'paper' writes Figure 10 keys, 'stf' the STF code's module names.
     """
     from flax import nnx
 
@@ -248,13 +297,12 @@ def export_from_checkpoint(path: str, config: Any, out: str, step: str | None = 
         path, nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat), step
     )
     nnx.update(model, params, batch_stats)
-    save_state_dict_file(model_state_dict(model), out)
-    return f"{out} (step {chosen})"
+    save_state_dict_file(weight_layouts.from_paper(model_state_dict(model), layout), out)
+    return f"{out} (step {chosen}, {layout} layout)"
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import sys
 
     from stlight_jax import config_io
 
@@ -267,10 +315,21 @@ def main(argv: list[str] | None = None) -> None:
     imp.add_argument("--weights", required=True, help="PyTorch weights file")
     imp.add_argument("--out", required=True, help="directory for the Orbax checkpoint")
     imp.add_argument("--non_strict", action="store_true", help="allow missing/unexpected keys")
+    imp.add_argument(
+        "--key_map",
+        default=None,
+        help="JSON file(s), comma-separated, of regex -> Figure 10 key for other layouts",
+    )
     exp = sub.add_parser("export", help="Orbax checkpoint or workdir -> .safetensors / .pth")
     exp.add_argument("--checkpoint", required=True, help="workdir, checkpoints dir or ckpt dir")
     exp.add_argument("--out", required=True, help="output file (.safetensors or .pth)")
     exp.add_argument("--step", default=None, help="'best', 'latest' or a step number")
+    exp.add_argument(
+        "--layout",
+        default="paper",
+        choices=sorted(weight_layouts.LAYOUTS),
+        help="key names written: paper (Figure 10) or stf",
+    )
     for p in (imp, exp):
         p.add_argument(
             "--config",
@@ -278,16 +337,32 @@ def main(argv: list[str] | None = None) -> None:
             help="config file with optional argument, e.g. configs/mmnist.py:S, "
             "or a workdir (its config.json) or a config.json",
         )
+    from stlight_jax import cli_errors
+
+    for p in (imp, exp):
+        p.add_argument(
+            f"--{cli_errors.VERBOSE_FLAG}", action="store_true", help=cli_errors.VERBOSE_HELP
+        )
     args = parser.parse_args(argv)
     try:
         config = config_io.load_config(args.config)
+        from stlight_jax import config_validation
+
+        config_validation.validate(config)
         if args.command == "import":
-            where = import_to_checkpoint(args.weights, config, args.out, not args.non_strict)
+            where = import_to_checkpoint(
+                args.weights, config, args.out, not args.non_strict, args.key_map
+            )
             print(f"wrote {where}; start from it with --config.init_from={args.out}")
         else:
-            print(f"wrote {export_from_checkpoint(args.checkpoint, config, args.out, args.step)}")
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+            where = export_from_checkpoint(
+                args.checkpoint, config, args.out, args.step, args.layout
+            )
+            print(f"wrote {where}")
+    except cli_errors.user_error_types() as e:
+        if args.verbose_errors or cli_errors.verbose_requested([]):
+            raise
+        cli_errors.fail(parser.prog, cli_errors.one_line(e))
 
 
 if __name__ == "__main__":

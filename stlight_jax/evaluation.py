@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stlight_jax import data, metrics, predict, visualize
+from stlight_jax import config_validation, data, metrics, predict, visualize
 from stlight_jax.config_io import load_workdir_config
 from stlight_jax.models import ModelConfig
 from stlight_jax.sharding import create_mesh, host_batch, replicate, split_order
@@ -49,6 +49,7 @@ class EvalOptions:
     num_samples: int = 4  # sequences drawn as PNG strips and GIFs
     save_arrays: bool = False  # eval mode: inputs/targets/predictions .npy
     ssim_data_range: float = metrics.OPENSTL_SSIM_DATA_RANGE
+    key_map: str | None = None  # JSON key map(s) for --weights in another layout
 
     def check(self) -> None:
         """Raises ValueError naming the first option that cannot work."""
@@ -71,6 +72,8 @@ class EvalOptions:
             raise ValueError("give --workdir, or --config with --weights or --checkpoint")
         if not self.out and not self.workdir:
             raise ValueError("--out is required when no --workdir is given")
+        if self.key_map and not self.weights:
+            raise ValueError("--key_map renames the keys of --weights; no --weights was given")
 
     def out_dir(self) -> str:
         if self.out:
@@ -86,12 +89,14 @@ def run(options: EvalOptions) -> dict[str, Any]:
     config = options.config
     if config is None:
         config = load_workdir_config(options.workdir)
+    config_validation.validate(config)
     loaded = load_model(
         config,
         workdir=options.workdir,
         checkpoint=options.checkpoint,
         weights=options.weights,
         step=options.step,
+        key_map=options.key_map,
     )
     logging.info("loaded %s", loaded.source)
     if options.mode == "predict":

@@ -171,8 +171,12 @@ def load_input(path: str, cfg: ModelConfig) -> tuple[np.ndarray, dict[str, Any]]
         mode = "L" if cfg.channels == 1 else "RGB"
         frames = []
         for name in names:
-            with Image.open(os.path.join(path, name)) as img:
-                frames.append(np.asarray(img.convert(mode), np.uint8))
+            try:
+                with Image.open(os.path.join(path, name)) as img:
+                    frames.append(np.asarray(img.convert(mode), np.uint8))
+            except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for damaged files
+                where = os.path.join(path, name)
+                raise ValueError(f"{where}: cannot read as an image ({e})") from e
         shapes = {f.shape for f in frames}
         if len(shapes) > 1:
             raise ValueError(f"{path}: images differ in size: {sorted(shapes)}")
@@ -273,14 +277,7 @@ def predict(
         "horizon": horizon,
         "autoregressive": autoregressive,
         "forward_passes": passes,
-        "rollout": (
-            f"autoregressive: frames after the first {cfg.frames_out} were predicted from "
-            f"earlier predictions (each pass sees the last {cfg.frames_in} frames of inputs + "
-            "predictions, unclipped), so errors compound with lead time"
-            if autoregressive
-            else f"single forward pass (the model's trained output length {cfg.frames_out})"
-            + (f", truncated to {horizon} frames" if horizon < cfg.frames_out else "")
-        ),
+        "rollout": _describe_rollout(cfg, horizon),
         "files": {
             "predictions": "predictions.npy",
             "predictions_shape": list(predictions.shape),
@@ -297,3 +294,15 @@ def predict(
         return result
     write_json(os.path.join(out_dir, "predictions.json"), result)
     return result
+
+
+def _describe_rollout(cfg: ModelConfig, horizon: int) -> str:
+    """How the forecast was made, for predictions.json."""
+    if horizon > cfg.frames_out:
+        return (
+            f"autoregressive: frames after the first {cfg.frames_out} were predicted from "
+            f"earlier predictions (each pass sees the last {cfg.frames_in} frames of inputs + "
+            "predictions, unclipped), so errors compound with lead time"
+        )
+    truncated = f", truncated to {horizon} frames" if horizon < cfg.frames_out else ""
+    return f"single forward pass (the model's trained output length {cfg.frames_out}){truncated}"

@@ -17,7 +17,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from stlight_jax import checkpoint, data, optim, schedules, weights
+from stlight_jax import (
+    checkpoint,
+    config_validation,
+    data,
+    optim,
+    schedules,
+    weights,
+    workdir_lock,
+)
+from stlight_jax.cli_errors import RunCannotContinue
 from stlight_jax.config_io import model_config, save_workdir_config
 from stlight_jax.model_size import model_size
 from stlight_jax.sharding import create_mesh, global_batch, replicated
@@ -28,60 +37,15 @@ from stlight_jax.steps import (
     create_train_step,
     evaluate_split,
 )
+from stlight_jax.stop_signal import EvaluationInterrupted, StopSignal
 from stlight_jax.writers import MetricWriter, Progress, write_json
 
 if TYPE_CHECKING:
     import orbax.checkpoint as ocp
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunCannotContinue):
     """Raised when the training loss becomes NaN or Inf; names the step."""
-
-
-class _StopSignal:
-    """Turns SIGTERM/SIGINT into a flag the loop checks, so it can checkpoint and exit."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-# ---------------------------------------------------------------------------------------------
-# Start points.
-
-
-def _load_init_from(config, graphdef, state, tx) -> tuple[State, str]:
-    """Applies `config.init_from` (PyTorch weights file or Orbax checkpoint) to a fresh state."""
-    path = config.init_from
-    if path.endswith(weights.PYTORCH_EXTENSIONS):
-        params, batch_stats = weights.read_pytorch(
-            graphdef, state["params"], state["batch_stats"], path
-        )
-        what = f"PyTorch weights {path}"
-    else:
-        params, batch_stats, step = checkpoint.restore_weights(
-            path, state["params"], state["batch_stats"]
-        )
-        what = f"Orbax checkpoint {path} (step {step})"
-    state = {**state, "params": params, "batch_stats": batch_stats, "opt_state": tx.init(params)}
-    return state, what
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,12 +60,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     current step and return {'interrupted_at_step': step}. A non-finite loss or parameter
     raises NonFiniteLossError naming the step; nothing non-finite is ever checkpointed.
     """
-    with _StopSignal() as stop:
+    config_validation.validate(config)  # before any data, compile or workdir work
+    with (
+        StopSignal() as stop,
+        checkpoint.disk_full_guard(workdir),
+        workdir_lock.hold_for_job(workdir),
+    ):
         return _train_and_evaluate(config, workdir, stop)
 
 
 def _train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, stop: _StopSignal
+    config: ml_collections.ConfigDict, workdir: str, stop: StopSignal
 ) -> dict[str, Any]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -147,13 +116,25 @@ def _train_and_evaluate(
         else:
             start_step = 0
             if config.init_from:
-                state, what = _load_init_from(config, graphdef, state, tx)
+                params, batch_stats, what = weights.load_init_from(
+                    config.init_from,
+                    graphdef,
+                    state["params"],
+                    state["batch_stats"],
+                    key_map=config.get("init_from_key_map") or None,
+                )
+                state = {
+                    **state,
+                    "params": params,
+                    "batch_stats": batch_stats,
+                    "opt_state": tx.init(params),
+                }
                 logging.info("Initialised from %s", what)
             else:
                 logging.info("Fresh initialisation (seed %d)", config.seed)
             state = jax.device_put(state, replicated(mesh))
 
-        writer = MetricWriter(workdir)
+        writer = MetricWriter(workdir, start_step)
         if start_step == 0:
             writer.write(
                 0,
@@ -195,7 +176,7 @@ class _TrainingRun:
 
     config: ml_collections.ConfigDict
     workdir: str
-    stop: _StopSignal
+    stop: StopSignal
     mesh: jax.sharding.Mesh
     manager: ocp.CheckpointManager
     writer: MetricWriter
@@ -247,9 +228,39 @@ def _train_then_test(run: _TrainingRun, state: State, start_step: int) -> dict[s
         flush_pending()  # never checkpoint a state whose loss went non-finite
         checkpoint.save(run.manager, step, state, run.train_iter.get_state(), val)
 
+    def validate_and_save(step: int) -> bool:
+        """Validates the state at `step` and saves it with its validation MSE; on a signal
+        during validation, saves it without and returns False (the rerun validates it)."""
+        try:
+            val_mse = _validate(run, state, step, step // run.steps_per_epoch)
+        except EvaluationInterrupted:
+            if run.manager.latest_step() != step:
+                save(step)
+            logging.warning(
+                "signal %d received during validation: saved step %d to %s (the rerun "
+                "validates it); exiting",
+                run.stop.received,
+                step,
+                run.manager.directory,
+            )
+            return False
+        if run.manager.latest_step() == step:  # saved by an interrupted run, without metrics
+            run.manager.delete(step)
+        save(step, {checkpoint.VAL_METRIC: float(val_mse)})
+        return True
+
     step = start_step
     start_time = time.time()
     compile_logged = False
+    if (
+        start_step > 0
+        and _validation_due(run, start_step)
+        and checkpoint.VAL_METRIC not in (run.manager.metrics(start_step) or {})
+    ):
+        # The run that saved this step stopped before validating it.
+        if not validate_and_save(start_step):
+            progress.close()
+            return {"interrupted_at_step": start_step}
     try:
         while step < run.total_steps:
             batch = global_batch(next(run.train_iter), run.mesh)
@@ -281,12 +292,10 @@ def _train_then_test(run: _TrainingRun, state: State, start_step: int) -> dict[s
                 )
                 return {"interrupted_at_step": step}
             epoch_done = step % run.steps_per_epoch == 0
-            epoch = step // run.steps_per_epoch
-            every = run.config.eval_every_epochs  # 0: validate after the last epoch only
-            if epoch_done and ((every > 0 and epoch % every == 0) or step == run.total_steps):
+            if _validation_due(run, step):
                 flush_pending()
-                val_mse = _validate(run, state, step, epoch)
-                save(step, {checkpoint.VAL_METRIC: float(val_mse)})
+                if not validate_and_save(step):
+                    return {"interrupted_at_step": step}
             elif epoch_done or (
                 run.config.checkpoint_every_steps and step % run.config.checkpoint_every_steps == 0
             ):
@@ -296,7 +305,26 @@ def _train_then_test(run: _TrainingRun, state: State, start_step: int) -> dict[s
     if run.manager.latest_step() != step:
         save(step)
     train_seconds = time.time() - start_time
-    return _test_best_checkpoint(run, state, step, train_seconds)
+    try:
+        return _test_best_checkpoint(run, state, step, train_seconds)
+    except EvaluationInterrupted:
+        logging.warning(
+            "signal %d received during the test pass: every checkpoint is saved (latest step "
+            "%d in %s); the rerun does the test pass again; exiting",
+            run.stop.received,
+            step,
+            run.manager.directory,
+        )
+        return {"interrupted_at_step": step}
+
+
+def _validation_due(run: _TrainingRun, step: int) -> bool:
+    """Whether `step` ends an epoch that is validated (every `eval_every_epochs`; 0: only
+    the last)."""
+    if step % run.steps_per_epoch:
+        return False
+    every = run.config.eval_every_epochs
+    return (every > 0 and (step // run.steps_per_epoch) % every == 0) or step == run.total_steps
 
 
 def _validate(run: _TrainingRun, state: State, step: int, epoch: int) -> float:
@@ -310,6 +338,7 @@ def _validate(run: _TrainingRun, state: State, step: int, epoch: int) -> float:
         run.mesh,
         "val",
         predictors=("model",),
+        on_batch=run.stop.batch_hook("validation"),
     )
     val_mse = val["model"]["mse"]
     run.writer.write(
@@ -345,7 +374,15 @@ def _test_best_checkpoint(
     else:
         best = step
         params, batch_stats = state["params"], state["batch_stats"]
-    test = evaluate_split(run.config, run.eval_step, params, batch_stats, run.mesh, "test")
+    test = evaluate_split(
+        run.config,
+        run.eval_step,
+        params,
+        batch_stats,
+        run.mesh,
+        "test",
+        on_batch=run.stop.batch_hook("test pass"),
+    )
     result = {
         "checkpoint_step": int(best),
         "train_seconds": train_seconds,

@@ -45,12 +45,16 @@ def parse_step(step: str | int | None) -> str | int | None:
         raise ValueError(f"step={step!r}: expected 'best', 'latest' or a step number") from None
 
 
-def read_pytorch(graphdef: nnx.GraphDef, params: Any, batch_stats: Any, path: str):
-    """(params, batch_stats) of the model with the weights of PyTorch file `path`."""
+def read_pytorch(
+    graphdef: nnx.GraphDef, params: Any, batch_stats: Any, path: str, key_map: str | None = None
+):
+    """(params, batch_stats, layout name) of the model with the weights of PyTorch file `path`,
+    in any layout `weight_layouts` recognises (`key_map`: JSON key map file(s) for others)."""
     model = nnx.merge(graphdef, params, batch_stats)
-    convert.load_into_model(model, convert.load_state_dict_file(path), source=path)
+    state_dict, layout = convert.read_state_dict(path, key_map)
+    convert.load_into_model(model, state_dict, source=path)
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return params, batch_stats
+    return params, batch_stats, layout
 
 
 def load_model(
@@ -60,6 +64,7 @@ def load_model(
     checkpoint: str | None = None,
     weights: str | None = None,
     step: str | int | None = None,
+    key_map: str | None = None,
 ) -> LoadedModel:
     """Builds the network of `config` and loads weights from exactly one place.
 
@@ -75,8 +80,13 @@ def load_model(
     if weights:
         if step is not None:
             raise ValueError("step selects an Orbax checkpoint step; it does not apply to weights")
-        params, batch_stats = read_pytorch(graphdef, params, batch_stats, weights)
-        source = {"kind": "pytorch_weights", "path": os.path.abspath(weights), "step": None}
+        params, batch_stats, layout = read_pytorch(graphdef, params, batch_stats, weights, key_map)
+        source = {
+            "kind": "pytorch_weights",
+            "path": os.path.abspath(weights),
+            "layout": layout,
+            "step": None,
+        }
         return LoadedModel(config, graphdef, params, batch_stats, source)
     path = checkpoint or workdir
     if not path:
@@ -91,3 +101,20 @@ def load_model(
         else step,
     }
     return LoadedModel(config, graphdef, params, batch_stats, source)
+
+
+def load_init_from(
+    path: str,
+    graphdef: nnx.GraphDef,
+    params: Any,
+    batch_stats: Any,
+    key_map: str | None = None,
+):
+    """(params, batch_stats, description) of `config.init_from`: a PyTorch weights file (by
+    extension; `key_map` as in `read_pytorch`) or an Orbax checkpoint (best step if validated,
+    else latest)."""
+    if path.endswith(PYTORCH_EXTENSIONS):
+        params, batch_stats, layout = read_pytorch(graphdef, params, batch_stats, path, key_map)
+        return params, batch_stats, f"PyTorch weights {path} ({layout} layout)"
+    params, batch_stats, step = ckpt.restore_weights(path, params, batch_stats)
+    return params, batch_stats, f"Orbax checkpoint {path} (step {step})"

@@ -15,6 +15,14 @@ import jax
 import numpy as np
 
 _ORBAX_BENIGN = ("read_only=True", "is read only", "Given directory is read only")
+# Dropped at any level: a damaged step metadata file (Orbax logs its whole content as an error;
+# `checkpoint.saved_digests` reports the step in one line) and the items Orbax says it skipped
+# when only a step's metadata (its digest copy) is read.
+_ORBAX_HANDLED = (
+    "did not provide metrics",
+    "Failed to json parse Metadata file",
+    "was found in the checkpoint, but could not be restored",
+)
 
 
 class _OrbaxFilter(logging.Filter):
@@ -23,7 +31,7 @@ class _OrbaxFilter(logging.Filter):
     checkpoints have no validation MSE, deliberately); other warnings and errors still show."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "did not provide metrics" in record.getMessage():
+        if any(n in record.getMessage() for n in _ORBAX_HANDLED):
             return False
         if "/orbax/" not in record.pathname or record.levelno >= logging.ERROR:
             return True
@@ -67,15 +75,25 @@ class MetricWriter:
     Only process 0 writes.
     """
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, resume_step: int = 0):
+        """`resume_step`: the step the run resumes from (0: a fresh start); records of later
+        steps, which the run writes again, are dropped (`resume_logs`)."""
         self.active = jax.process_index() == 0
         self._tb = None
         if self.active:
+            from stlight_jax import resume_logs
+
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            path = os.path.join(workdir, "metrics.jsonl")
+            resume_logs.drop_redone_records(path, resume_step)
+            self._jsonl = open(path, "a")  # noqa: SIM115
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # TensorBoard hides earlier events at steps >= purge_step; those of the resume step
+            # that stay valid are written again from metrics.jsonl, so each shows once.
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
+            for record in resume_logs.records_at(path, resume_step):
+                self._add_scalars(resume_step, record)
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.active:
@@ -83,10 +101,15 @@ class MetricWriter:
         record = {"step": int(step), **to_json(values)}
         self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self._jsonl.flush()
+        self._add_scalars(step, values)
+        self._tb.flush()
+
+    def _add_scalars(self, step: int, values: dict[str, Any]) -> None:
         for k, v in values.items():
+            if k in ("step", "resumed_from_step"):  # a marker, kept in metrics.jsonl only
+                continue
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
-        self._tb.flush()
 
     def close(self) -> None:
         if self.active:

@@ -7,9 +7,18 @@ import ast
 import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "stlight_jax")
-FRONT_ENDS = {"train", "evaluation", "predict"}
-# Who may import a front end: evaluate.py's library dispatches predict mode to `predict`.
-ALLOWED = {("evaluation", "predict")}
+FRONT_ENDS = {"train", "evaluation", "predict", "api", "export"}
+# Who may import a front end: evaluate.py's library dispatches predict mode to `predict`; the
+# Python API forecasts through `predict` (and is `stlight_jax.load`), the exports load through
+# the API; the command lines (`commands`) are the entry points.
+ALLOWED = {
+    ("evaluation", "predict"),
+    ("api", "predict"),
+    ("__init__", "api"),  # `stlight_jax.load` is the API's public name (imported when called)
+    ("export", "api"),
+    ("commands.train", "train"),
+    ("commands.evaluate", "evaluation"),
+}
 
 
 def _package_imports(path: str) -> set[str]:

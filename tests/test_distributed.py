@@ -18,7 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from stlight_jax import data, optim, schedules, sharding, steps
+from stlight_jax import data, optim, schedules, sharding
+from stlight_jax.steps import create_train_state, create_train_step
 from tests import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +32,8 @@ if mode == "dp8":
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from stlight_jax import checkpoint, data, optim, schedules, sharding, steps
+from stlight_jax import checkpoint, data, optim, schedules, sharding
+from stlight_jax.steps import create_train_state, create_train_step
 from tests import tiny_config
 
 if mode == "multihost":
@@ -54,12 +56,12 @@ NULL = json.loads(sys.argv[-1])
 
 
 def run(mesh, steps, state=None, it=None):
-    graphdef, fresh = steps.create_train_state(config, tx)
+    graphdef, fresh = create_train_state(config, tx)
     if state is None:
         state = jax.device_put(perturbed(fresh), NamedSharding(mesh, P()))
     if it is None:
         it = data.create_train_iterator(config, jax.process_index(), jax.process_count())
-    step = steps.create_train_step(graphdef, tx, scheds.lr, mesh)
+    step = create_train_step(graphdef, tx, scheds.lr, mesh)
     for _ in range(steps):
         state, metrics = step(state, sharding.global_batch(next(it), mesh))
         assert np.isfinite(float(metrics["loss"]))  # fetch every step
@@ -111,7 +113,7 @@ if mode == "dp8":
 elif mode == "restore1":
     assert jax.device_count() == 1
     mesh = sharding.create_mesh()
-    _, fresh = steps.create_train_state(config, tx)
+    _, fresh = create_train_state(config, tx)
     target = checkpoint.abstract_like(jax.device_put(fresh, NamedSharding(mesh, P())))
     manager = checkpoint.create_manager(os.path.join(out, "ckpt"))
     step, state, data_state = checkpoint.restore_latest_readable(manager, target)
@@ -209,7 +211,7 @@ def test_two_processes_match_one(tmp_path):
     spe = data.steps_per_epoch(config)
     scheds = schedules.create_schedules(config, spe)
     tx = optim.create_optimizer(config, scheds)
-    graphdef, state = steps.create_train_state(config, tx)
+    graphdef, state = create_train_state(config, tx)
     leaves, tree = jax.tree.flatten(state["params"])  # the worker's `perturbed`
     keys = jax.random.split(jax.random.key(1), len(leaves))
     leaves = [
@@ -217,7 +219,7 @@ def test_two_processes_match_one(tmp_path):
     ]
     state = {**state, "params": jax.tree.unflatten(tree, leaves)}
     mesh = sharding.create_mesh(jax.devices()[:1])
-    step = steps.create_train_step(graphdef, tx, scheds.lr, mesh)
+    step = create_train_step(graphdef, tx, scheds.lr, mesh)
     it = data.create_train_iterator(config)
     for _ in range(3):
         state, metrics = step(state, sharding.global_batch(next(it), mesh))

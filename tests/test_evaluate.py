@@ -267,7 +267,7 @@ def test_cli_rejects_bad_input_with_expected_shape(workdir, tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
         timeout=300,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a user error: one line, exit status 2
     assert f"expected shape (N, {FRAMES_IN}, {SIZE}, {SIZE}, 1)" in proc.stderr
     assert not os.path.exists(tmp_path / "o" / "predictions.npy")
 

@@ -190,6 +190,6 @@ def test_predict_input_missing_on_one_process_fails_everywhere(workdir, tmp_path
     args = [f"--workdir={workdir}", "--mode=predict"]
     args.append([f"--input={tmp_path / 'frames.npy'}", f"--input={missing}"])
     (rc0, log0), (rc1, log1) = run_evaluate(tmp_path, "p", args, processes=2, check=False)
-    assert rc0 == 1 and "evaluate.py: error: input" in log0 and "process(es) [1]" in log0, log0
-    assert rc1 == 1 and f"evaluate.py: error: input {missing!r} does not exist" in log1, log1
+    assert rc0 == 2 and "evaluate.py: error: input" in log0 and "process(es) [1]" in log0, log0
+    assert rc1 == 2 and f"evaluate.py: error: input {missing!r} does not exist" in log1, log1
     assert not os.path.exists(tmp_path / "p_0")

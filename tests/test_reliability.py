@@ -3,17 +3,34 @@ README's "Reliability" table says."""
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
 
-from stlight_jax import checkpoint, config_io, convert, data, train
+from stlight_jax import (
+    checkpoint,
+    cli_errors,
+    config_io,
+    config_validation,
+    convert,
+    data,
+    train,
+    workdir_lock,
+)
 from stlight_jax.models import create_model
 from tests import tiny_config
 from tests.test_train import abstract_state, read_jsonl, train_steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -120,3 +137,575 @@ def test_nan_in_taxibj_is_refused(tmp_path):
     c.model.frames_in, c.model.frames_out, c.model.image_size, c.model.channels = 4, 4, (32, 32), 2
     with pytest.raises(ValueError, match=r"dataset.npz: Y_test: sample 2 .*nan.*\(2, 1, 0, 7, 9\)"):
         data.steps_per_epoch(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# One config validation pass before any work; one-line errors with exit status 2 on the CLIs.
+
+
+@pytest.mark.parametrize(
+    "field, value, rule",
+    [
+        ("optimizer.learning_rate", -0.01, "must be a finite number > 0"),
+        ("optimizer.learning_rate", 0.0, "must be a finite number > 0"),
+        ("checkpoint_every_steps", -1, "must be >= 0"),
+        ("data.batch_size", 0, "must be >= 1"),
+        ("data.batch_size", -4, "must be >= 1"),
+        ("num_epochs", 0, "must be >= 1"),
+        ("optimizer.pct_start", 1.0, "must be a finite number > 0 and < 1"),
+        ("optimizer.final_div_factor", float("nan"), "must be a finite number > 0"),
+        ("optimizer.schedule", "linear", "must be one of ['onecycle', 'cosine']"),
+    ],
+)
+def test_impossible_settings_are_refused_before_any_work(config, tmp_path, field, value, rule):
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    workdir = tmp_path / "run"
+    with pytest.raises(config_validation.ConfigError) as err:
+        train.train_and_evaluate(config, str(workdir))
+    assert f"config.{field}={value!r}: {rule}" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not workdir.exists()  # refused before the workdir, data or compilation
+
+
+def test_misspelled_key_in_a_config_names_the_closest_known_key(config, tmp_path):
+    config.optimizer.learnig_rate = 1e-3  # a config file's typo adds a field silently
+    with pytest.raises(
+        config_validation.ConfigError,
+        match=r"config.optimizer.learnig_rate is "
+        r"not a known config field; the closest known key is "
+        r"config.optimizer.learning_rate",
+    ):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_every_shipped_config_passes_validation():
+    import importlib
+
+    args = {
+        "mmnist": importlib.import_module("configs.mmnist").SIZES,
+        "taxibj": importlib.import_module("configs.taxibj").SIZES,
+        "kth": tuple(importlib.import_module("configs.kth").DIMS),
+        "kth40": (None,),
+        "kitticaltech": tuple(importlib.import_module("configs.kitticaltech").SIZES),
+        "custom": (None,),
+        "ablations": tuple(importlib.import_module("configs.ablations").ROWS),
+    }
+    for name, choices in args.items():
+        for arg in choices:
+            config = importlib.import_module(f"configs.{name}").get_config(arg)
+            config_validation.validate(config)
+    # Every field of the base schema has a rule (a new field without one is type-checked only).
+    assert not config_validation._schema_defaults()
+
+
+def _run(script: list[str], *args: str, env: dict | None = None, timeout: int = 120):
+    base = {k: v for k, v in os.environ.items() if k != cli_errors.VERBOSE_ENV}
+    env = {**base, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *script, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc, prog: str, *needles: str) -> str:
+    """Exit status 2, no traceback, and exactly one 'prog: error:' line holding `needles`."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"{prog}: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert proc.stderr.rstrip().endswith(lines[0]), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_train_cli_user_errors_are_one_line_exit_2(config, tmp_path):
+    base = [f"--config=tests/tiny_config.py:{config.data.path}", f"--workdir={tmp_path}/run"]
+    assert_one_line_error(
+        _run(["train.py"], "--config=configs/nothere.py", f"--workdir={tmp_path}/run"),
+        "train.py",
+        "config file 'configs/nothere.py' does not exist",
+    )
+    assert_one_line_error(
+        _run(["train.py"], *base, "--config.optimizer.learnig_rate=1e-3"),
+        "train.py",
+        "--config.optimizer.learnig_rate is not a known config field",
+        "closest known key is --config.optimizer.learning_rate",
+    )
+    assert_one_line_error(
+        _run(["train.py"], *base, "--config.data.batch_size=0"),
+        "train.py",
+        "config.data.batch_size=0: must be >= 1",
+    )
+    # Asked for, the traceback is there (flag or environment variable).
+    for extra, env in ((["--verbose_errors"], None), ([], {cli_errors.VERBOSE_ENV: "1"})):
+        proc = _run(["train.py"], *base, "--config.data.batch_size=0", *extra, env=env)
+        assert proc.returncode != 0 and "Traceback" in proc.stderr
+        assert "ConfigError" in proc.stderr
+
+
+def test_convert_and_evaluate_cli_bad_files_are_one_line_exit_2(config, tmp_path):
+    from PIL import Image
+    from safetensors.numpy import save_file
+
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    cfg = f"tests/tiny_config.py:{config.data.path}"
+    convert_cli = ["-m", "stlight_jax.convert"]
+    imp = ["import", f"--weights={empty}", f"--config={cfg}", f"--out={tmp_path}/ckpt"]
+    assert_one_line_error(
+        _run(convert_cli, *imp), "python -m stlight_jax.convert", "empty.safetensors", "empty"
+    )
+    proc = _run(convert_cli, *imp, "--verbose_errors")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+    # Predict mode on a folder holding a damaged PNG.
+    weights = str(tmp_path / "w.safetensors")
+    save_file(_half_state_dict(config, np.float32), weights)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for t in range(4):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(frames / f"{t}.png")
+    good = (frames / "2.png").read_bytes()
+    (frames / "2.png").write_bytes(good[: len(good) // 3])  # a truncated file
+    assert_one_line_error(
+        _run(
+            ["evaluate.py"],
+            f"--config={cfg}",
+            f"--weights={weights}",
+            "--mode=predict",
+            f"--input={frames}",
+            f"--out={tmp_path}/pred",
+        ),
+        "evaluate.py",
+        "2.png: cannot read as an image",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir lock; a full disk.
+
+_HOLDER = """
+import sys, time
+from stlight_jax import workdir_lock
+with workdir_lock.hold(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _start_holder(workdir: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, workdir],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_job_on_a_workdir_stops_at_once_naming_the_holder(config, tmp_path):
+    import socket
+
+    workdir = str(tmp_path / "run")
+    holder = _start_holder(workdir)
+    try:
+        lock_file = os.path.join(workdir, workdir_lock.LOCK_FILE)
+        with open(lock_file) as f:
+            before = f.read()
+        with pytest.raises(workdir_lock.WorkdirLockedError) as err:
+            train.train_and_evaluate(config, workdir)
+        msg = str(err.value)
+        assert f"pid {holder.pid} on host {socket.gethostname()}, started " in msg
+        assert "\n" not in msg
+        # The first job's workdir is untouched: no config.json, metrics or checkpoints written.
+        assert sorted(os.listdir(workdir)) == [workdir_lock.LOCK_FILE]
+        with open(lock_file) as f:
+            assert f.read() == before
+        # The same through train.py: one line, exit status 2.
+        assert_one_line_error(
+            _run(
+                ["train.py"],
+                f"--config=tests/tiny_config.py:{config.data.path}",
+                f"--workdir={workdir}",
+            ),
+            "train.py",
+            f"is in use by another job (pid {holder.pid}",
+        )
+    finally:
+        holder.kill()  # SIGKILL: the holder cannot clean up, its lock file stays filled in
+        holder.wait()
+
+    warnings = []
+    with workdir_lock.hold(workdir, log=warnings.append):
+        with open(os.path.join(workdir, workdir_lock.LOCK_FILE)) as f:
+            assert json.load(f)["pid"] == os.getpid()
+    assert len(warnings) == 1 and f"left by a job that is gone (pid {holder.pid}" in warnings[0]
+    with workdir_lock.hold(workdir, log=warnings.append):  # a clean exit leaves no stale lock
+        pass
+    assert len(warnings) == 1
+
+
+def _mount_tmpfs(where, size: str) -> None:
+    where.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(
+            f"a real full disk needs a small tmpfs, and mount failed (not root?): "
+            f"{proc.stderr.strip()}"
+        )
+
+
+def test_disk_full_while_saving_names_the_workdir_keeps_checkpoints_and_resumes(config, tmp_path):
+    disk = tmp_path / "small_disk"
+    _mount_tmpfs(disk, "300k")  # room for one checkpoint of the tiny model, not two
+    try:
+        workdir = str(disk / "run")
+        config.num_epochs = 1
+        config.checkpoint_every_steps = 1
+        with pytest.raises(checkpoint.DiskFullError) as err:
+            train.train_and_evaluate(config, workdir)
+        msg = str(err.value)
+        assert f"disk full while writing to workdir {workdir} (No space left on device)" in msg
+        assert "latest complete checkpoint, step 1, is intact" in msg and "\n" not in msg
+        manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+        restored = checkpoint.restore_latest_readable(manager, abstract_state(config))
+        manager.close()
+        assert restored is not None and restored[0] == 1
+
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
+        train.train_and_evaluate(config, workdir)
+        records = read_jsonl(workdir)
+        assert {"step": 1, "resumed_from_step": 1} in records
+        assert train_steps(records) == [1, 2, 3, 4]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# After a resume, metrics.jsonl and TensorBoard hold each step once.
+
+
+def _tensorboard_steps(workdir: str) -> dict[str, list[int]]:
+    """Steps per scalar tag as TensorBoard shows them (it applies the purge events)."""
+    accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="reading event files as TensorBoard does needs the tensorboard package",
+    )
+    acc = accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"))
+    acc.Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_steps_redone_after_a_resume_are_logged_once(config, tmp_path):
+    workdir = str(tmp_path / "run")
+    config.num_epochs = 1
+    config.checkpoint_every_steps = 2
+    train.train_and_evaluate(config, workdir)
+    # Damage step 4 (its biggest array chunk): the rerun sets it aside, resumes at step 2 and
+    # trains, validates and tests steps 3-4 again.
+    chunks = glob.glob(
+        os.path.join(checkpoint.checkpoint_dir(workdir), "4", "state", "*", "d", "*")
+    )
+    with open(max(chunks, key=os.path.getsize), "r+b") as f:
+        f.seek(100)
+        f.write(bytes(200))
+    train.train_and_evaluate(config, workdir)
+    records = read_jsonl(workdir)
+    assert {"step": 2, "resumed_from_step": 2} in records
+    # And once more with nothing left to train: only the test pass is redone.
+    train.train_and_evaluate(config, workdir)
+
+    records = read_jsonl(workdir)
+    assert train_steps(records) == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "val_mse" in r] == [4]
+    assert [r["step"] for r in records if "test_mse" in r] == [4]
+    tb = _tensorboard_steps(workdir)
+    assert tb["train_loss"] == [1, 2, 3, 4] and tb["val_mse"] == [4] and tb["test_mse"] == [4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrity that damage cannot switch off: digests beside the data, a copy in Orbax's metadata.
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    """A tiny run with checkpoints at steps 2 and 4 (each test damages a copy of it)."""
+    root = tmp_path_factory.mktemp("trained")
+    config = tiny_config.get_config(tiny_config.write_data(str(root / "data.npz")))
+    config.num_epochs = 1
+    config.checkpoint_every_steps = 2
+    train.train_and_evaluate(config, str(root / "run"))
+    return config, str(root / "run")
+
+
+def _damage_metadata(step_dir: str, how: str) -> None:
+    path = os.path.join(step_dir, "_CHECKPOINT_METADATA")
+    if how == "delete":
+        os.remove(path)
+    elif how == "truncate":
+        os.truncate(path, os.path.getsize(path) // 3)
+    else:  # garble
+        with open(path, "r+b") as f:
+            f.seek(20)
+            f.write(b"\x00garbage\xff" * 8)
+
+
+def _garble_biggest_chunk(step_dir: str) -> None:
+    chunks = glob.glob(os.path.join(step_dir, "state", "*", "d", "*"))
+    with open(max(chunks, key=os.path.getsize), "r+b") as f:
+        f.seek(100)
+        f.write(bytes(200))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "metadata deleted + chunk garbled",
+        "metadata truncated + chunk garbled",
+        "metadata garbled + chunk garbled",
+        "metadata deleted + digest file deleted",
+        "digest file garbled",
+    ],
+)
+def test_damaged_digests_never_let_a_step_be_used(trained_workdir, tmp_path, damage):
+    import shutil
+
+    from stlight_jax import evaluation, weights
+
+    config, original = trained_workdir
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
+    step_dir = os.path.join(checkpoint.checkpoint_dir(workdir), "4")
+    digest_file = os.path.join(step_dir, checkpoint.DIGEST_FILE)
+    assert os.path.exists(digest_file)
+    for part in damage.split(" + "):
+        what, _, how = part.rpartition(" ")
+        if what == "metadata":
+            _damage_metadata(step_dir, how)
+        elif what == "chunk":
+            _garble_biggest_chunk(step_dir)
+        elif how == "deleted":
+            os.remove(digest_file)
+        else:
+            with open(digest_file, "r+b") as f:
+                f.seek(30)
+                f.write(b"#####")
+
+    # Evaluation of that step: refused in one line when its digests are gone; with them, it
+    # either refuses or loads exactly the saved weights (the garbled bytes may lie in Adam's
+    # state, which evaluation does not read). Never a silent 'MSE nan'.
+    if "chunk" not in damage:
+        with pytest.raises(checkpoint.CorruptCheckpointError, match=r"^step 4: [^\n]*$"):
+            evaluation.run(
+                evaluation.EvalOptions(workdir=workdir, step="latest", out=str(tmp_path / "eval"))
+            )
+    else:
+        try:
+            loaded = weights.load_model(config, workdir=workdir, step="latest")
+        except checkpoint.CorruptCheckpointError as e:
+            assert str(e).startswith("step 4: ") and "\n" not in str(e)
+        else:
+            with open(os.path.join(original, "checkpoints", "4", checkpoint.DIGEST_FILE)) as f:
+                want = json.load(f)[checkpoint.DIGEST_KEY]
+            got = checkpoint.digests({"params": loaded.params, "batch_stats": loaded.batch_stats})
+            assert got == {k: want[k] for k in got}
+    # Training: the step is set aside and the run resumes from step 2.
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir))
+    warnings = []
+    restored = checkpoint.restore_latest_readable(
+        manager, abstract_state(config), log=warnings.append
+    )
+    manager.close()
+    assert restored is not None and restored[0] == 2, warnings
+    assert "checkpoint at step 4" in warnings[0] and "unreadable" in warnings[0]
+    assert glob.glob(os.path.join(workdir, checkpoint.UNREADABLE_DIR, "4.*"))
+
+
+def test_evaluate_cli_refuses_an_unverifiable_step_in_one_line(trained_workdir, tmp_path):
+    import shutil
+
+    _, original = trained_workdir
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
+    step_dir = os.path.join(checkpoint.checkpoint_dir(workdir), "4")
+    _damage_metadata(step_dir, "delete")
+    os.remove(os.path.join(step_dir, checkpoint.DIGEST_FILE))
+    _garble_biggest_chunk(step_dir)
+    assert_one_line_error(
+        _run(["evaluate.py"], f"--workdir={workdir}", "--step=latest"),
+        "evaluate.py",
+        "step 4: no readable SHA-256 digests",
+    )
+
+
+def test_a_failed_checkpoint_read_is_reported_in_one_short_line(trained_workdir, tmp_path):
+    import shutil
+
+    config, original = trained_workdir
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
+    chunks = glob.glob(
+        os.path.join(checkpoint.checkpoint_dir(workdir), "4", "state", "*", "d", "*")
+    )
+    biggest = max(chunks, key=os.path.getsize)
+    os.truncate(biggest, 100)
+    proc = _run(["evaluate.py"], f"--workdir={workdir}", "--step=4")
+    line = assert_one_line_error(proc, "evaluate.py", "step 4: the checkpoint in", "OUT_OF_RANGE")
+    for noise in ("TensorStore details", "bound method", "Event loop is closed"):
+        assert noise not in proc.stderr
+    assert len(line) < 600
+
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir))
+    warnings = []
+    restored = checkpoint.restore_latest_readable(
+        manager, abstract_state(config), log=warnings.append
+    )
+    manager.close()
+    assert restored[0] == 2
+    assert "OUT_OF_RANGE" in warnings[0] and "bound method" not in warnings[0]
+    assert "\n" not in warnings[0] and len(warnings[0]) < 600
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM during validation or the test pass: acted on within a batch, checkpoint kept, exit 0.
+
+
+@pytest.mark.parametrize("phase", ["validation", "the test pass"])
+def test_sigterm_during_an_evaluation_pass_saves_exits_0_and_the_rerun_redoes_it(tmp_path, phase):
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "data.npz")
+    # 2,000 validation and test sequences (250 batches each): passes that last long enough
+    # for the signal to land inside them.
+    np.savez(
+        path,
+        train=rng.random((32, 8, 16, 16, 1), dtype=np.float32),
+        val=rng.random((2000, 8, 16, 16, 1), dtype=np.float32),
+        test=rng.random((2000, 8, 16, 16, 1), dtype=np.float32),
+    )
+    workdir = str(tmp_path / "run")
+    args = [
+        f"--config=tests/tiny_config.py:{path}",
+        f"--workdir={workdir}",
+        "--config.num_epochs=1",
+    ]
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    log_path = tmp_path / "log.txt"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            text = log_path.read_text()
+            if phase == "validation" and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+                if 4 in train_steps(read_jsonl(workdir)):  # step 4 ends the epoch: validation
+                    break
+            if phase == "the test pass" and "val MSE" in text:  # logged before the test pass
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "training ended before the signal"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log_path.read_text()
+    assert rc == 0, text[-3000:]
+    assert "signal 15 received: stopping after the current step or evaluation batch" in text
+    assert f"signal 15 received during {phase}" in text, text[-3000:]
+    assert not os.path.exists(os.path.join(workdir, "test_metrics.json"))
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+    assert manager.latest_step() == 4
+    val_saved = checkpoint.VAL_METRIC in (manager.metrics(4) or {})
+    manager.close()
+    assert val_saved == (phase == "the test pass")
+
+    proc = _run(["train.py"], *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read_jsonl(workdir)
+    assert train_steps(records) == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "val_mse" in r] == [4]
+    assert [r["step"] for r in records if "test_mse" in r] == [4]
+    with open(os.path.join(workdir, "test_metrics.json")) as f:
+        assert json.load(f)["checkpoint_step"] == 4
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+    assert checkpoint.best_step(manager) == 4
+    manager.close()
+
+
+def test_empty_weights_files_say_why_they_cannot_be_read(tmp_path):
+    pytest.importorskip("torch", reason="reading a .pth needs the PyTorch CPU wheel")
+    for name, kind in (("empty.pth", "a torch checkpoint"), ("empty.safetensors", ".safetensors")):
+        path = tmp_path / name
+        path.write_bytes(b"")
+        with pytest.raises(ValueError) as err:
+            convert.load_state_dict_file(str(path))
+        msg = str(err.value)
+        assert f"cannot read {str(path)!r} as {kind}: the file is empty (0 bytes;" in msg
+        assert "\n" not in msg
+
+
+_LOCK_WORKER = """
+import sys
+import jax
+jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[3]))
+from stlight_jax import workdir_lock
+try:
+    with workdir_lock.hold_for_job(sys.argv[1]):
+        print("locked", jax.process_index(), flush=True)
+except workdir_lock.WorkdirLockedError as e:
+    print("refused", jax.process_index(), e, flush=True)
+"""
+
+
+def test_two_process_job_takes_the_lock_on_process_0_and_every_process_is_refused_together(
+    tmp_path,
+):
+    from tests.test_distributed import free_port
+
+    workdir = str(tmp_path / "run")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+
+    def job() -> list[str]:
+        port = str(free_port())
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _LOCK_WORKER, workdir, port, str(pid)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for pid in (0, 1)
+        ]
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        return outs
+
+    outs = job()
+    assert "locked 0" in outs[0] and "locked 1" in outs[1]
+    holder = _start_holder(workdir)
+    try:
+        outs = job()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"refused 0 workdir {workdir} is in use by another job (pid {holder.pid}" in outs[0]
+    assert f"refused 1 process 0 found workdir {workdir} in use by another job" in outs[1]

@@ -36,8 +36,7 @@ def _build(config) -> common.Dataset:
 
         return CustomArrays(config)
     raise ValueError(
-        f"config.data.name={name!r}: expected 'mmnist', 'taxibj', 'kth', 'kitticaltech' or "
-        "'custom'"
+        f"config.data.name={name!r}: expected 'mmnist', 'taxibj', 'kth', 'kitticaltech' or 'custom'"
     )
 
 
