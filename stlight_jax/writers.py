@@ -15,9 +15,9 @@ import jax
 import numpy as np
 
 _ORBAX_BENIGN = ("read_only=True", "is read only", "Given directory is read only")
-# Dropped at any level: a damaged step metadata file (Orbax logs its whole content as an error;
-# `checkpoint.saved_digests` reports the step in one line) and the items Orbax says it skipped
-# when only a step's metadata (its digest copy) is read.
+# Dropped at any level: a damaged step metadata file (Orbax logs its whole content as an
+# error; `checkpoint_integrity.saved_digests` reports the step in one line) and the items Orbax
+# says it skipped when only a step's metadata (its digest copy) is read.
 _ORBAX_HANDLED = (
     "did not provide metrics",
     "Failed to json parse Metadata file",
