@@ -23,6 +23,13 @@ def create_mesh(devices: Iterable[jax.Device] | None = None) -> jax.sharding.Mes
     return jax.sharding.Mesh(devices, ("data",))
 
 
+def check_divisible_by_devices(value: int, name: str) -> None:
+    """Raises ValueError naming the `name` field unless `value` splits evenly over all devices."""
+    n_dev = jax.device_count()
+    if value % n_dev:
+        raise ValueError(f"{name}={value} is not divisible by the {n_dev} devices")
+
+
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -41,6 +41,15 @@ class StopSignal:
             )
         self.received = signum
 
+    def agree_across_processes(self) -> None:
+        """Raises the flag on every process when any process got a signal, so that all stop at
+        the same step (a collective: every process calls it at the same step)."""
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+        if np.any(flags) and self.received is None:
+            self.received = signal.SIGTERM
+
     def batch_hook(self, what: str):
         """An `evaluate_split` hook that stops a validation or test pass within one batch of a
         signal (raising EvaluationInterrupted); all processes stop at the same batch."""
