@@ -118,8 +118,17 @@ def test_custom_arrays_layouts_range_and_sharding(tmp_path):
     )
     with pytest.raises(ValueError, match="no test samples; put a 'test' array"):
         data.create_eval_iterator(c, "test")
+    for it in (whole, *shards):
+        it.close()
 
-    np.save(tmp_path / "x.npy", np.ascontiguousarray(arr) + 30)
+    def save_fresh(name, array):
+        # A new file each time: prefetch threads may still read the memmapped x.npy, and
+        # truncating a mapped file under them is a SIGBUS.
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "x.npy", array)
+        c.data.path = str(tmp_path / name / "x.npy")
+
+    save_fresh("shifted", np.ascontiguousarray(arr) + 30)
     with pytest.raises(
         ValueError, match=r"x.npy \(config.data.value_range\): values span \[30, 43\]"
     ):
@@ -129,10 +138,10 @@ def test_custom_arrays_layouts_range_and_sharding(tmp_path):
         ValueError, match=r"x.npy: frames are 1x8 but config.model.image_size=\(8, 8\)"
     ):
         data.steps_per_epoch(c)
-    np.save(tmp_path / "x.npy", np.zeros((3, 4, 8, 8, 1)))
+    save_fresh("short", np.zeros((3, 4, 8, 8, 1)))
     with pytest.raises(ValueError, match=r"has 4 frames \(layout NTHWC\) but .* = 2 \+ 3 = 5"):
         data.steps_per_epoch(c)
-    np.save(tmp_path / "x.npy", np.zeros((3, 4, 8, 8)))
+    save_fresh("four_d", np.zeros((3, 4, 8, 8)))
     with pytest.raises(ValueError, match=r"x.npy must be 5-D NTHWC .*\(3, 4, 8, 8\)"):
         data.steps_per_epoch(c)
     np.savez(tmp_path / "y.npz", train=np.zeros((5, 5, 8, 8, 1)), test=np.ones((2, 5, 8, 8, 1)))
