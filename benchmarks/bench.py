@@ -67,6 +67,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_info(backend: str, device: str | None = None) -> dict[str, Any]:
+    """The 'machine' entry every benchmark JSON carries (device kind where one is known)."""
+    info = {
+        "hostname": socket.gethostname(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "backend": backend,
+    }
+    if device is not None:
+        info["device"] = device
+    info["loadavg_start"] = os.getloadavg()
+    return info
+
+
 # ---------------------------------------------------------------------------------------------
 # Timing.
 
@@ -395,14 +409,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = ModelConfig(**sizes, conv_impl=args.conv_impl)
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "hostname": socket.gethostname(),
-            "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "backend": backend,
-            "device": str(jax.devices()[0].device_kind),
-            "loadavg_start": os.getloadavg(),
-        },
+        "machine": machine_info(backend, str(jax.devices()[0].device_kind)),
         "python": platform.python_version(),
         "config": dataclasses.asdict(cfg),
         "precision": args.precision,

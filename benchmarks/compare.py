@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -342,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import jax
 
-    from benchmarks.bench import _cpu_model, write_result
+    from benchmarks.bench import machine_info, write_result
     from stlight_jax.model_size import PAPER_SIZES
     from stlight_jax.models import ModelConfig
 
@@ -366,14 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "method": "compare.py: one process per side, rounds alternated, medians pooled",
-        "machine": {
-            "hostname": socket.gethostname(),
-            "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "backend": backend,
-            "device": str(jax.devices()[0].device_kind),
-            "loadavg_start": os.getloadavg(),
-        },
+        "machine": machine_info(backend, str(jax.devices()[0].device_kind)),
         "python": platform.python_version(),
         "size": args.size,
         "config": {**sizes, "conv_impl": args.conv_impl},

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.out).write_text(json.dumps(res))
         return res
 
-    from benchmarks.bench import _cpu_model, write_result
+    from benchmarks.bench import machine_info, write_result
     from stlight_jax import config_io, convert, runtime
     from stlight_jax.models import create_model
 
@@ -256,13 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--config {args.config}: {e}")
     result: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "hostname": socket.gethostname(),
-            "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "backend": "cpu",
-            "loadavg_start": os.getloadavg(),
-        },
+        "machine": machine_info("cpu"),
         "python": platform.python_version(),
         "config": args.config.replace(str(ROOT) + os.sep, ""),
         "budget_s": args.budget,
