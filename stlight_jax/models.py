@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from stlight_jax import ops
 
@@ -263,6 +264,7 @@ class STLMixerBlock(nnx.Module):
         h = ops.depthwise_conv(
             x, self.dw1_kernel[...].astype(dtype), self.dw1_bias[...].astype(dtype), 1, impl
         )
+        h = checkpoint_name(h, "dw1_out")
         h = ops.depthwise_conv(
             h,
             self.dw2_kernel[...].astype(dtype),
@@ -270,9 +272,19 @@ class STLMixerBlock(nnx.Module):
             self.dilation,
             impl,
         )
-        x = x + self.norm1(ops.gelu(h), eval_mode)
+        h = checkpoint_name(h, "dw2_out")
+        x = checkpoint_name(x + self.norm1(ops.gelu(h), eval_mode), "pw_in")
         h = jnp.einsum("bhwc,cd->bhwd", x, self.pw_kernel[...].astype(dtype))
-        return self.norm2(ops.gelu(h + self.pw_bias[...].astype(dtype)), eval_mode)
+        h = checkpoint_name(h + self.pw_bias[...].astype(dtype), "pw_out")
+        return self.norm2(ops.gelu(h), eval_mode)
+
+
+# What the train step keeps of each block for its backward pass: the two depthwise outputs, the
+# 1x1 conv's input and its pre-activation (plus the block input, which jax.checkpoint always
+# keeps). GELU and BatchNorm outputs are recomputed from these in the backward fusions, so the
+# scan stacks 5 activation-sized residuals per block instead of 8: 1 GB less XLA temp memory at
+# MMNIST-S batch 4, no slower (benchmarks/README.md, "What it cost").
+SAVED_FOR_BACKWARD = ("dw1_out", "dw2_out", "pw_in", "pw_out")
 
 
 class MixerStack(STLMixerBlock):
@@ -294,15 +306,25 @@ class MixerStack(STLMixerBlock):
         keep_at, add_at = self.skip_blocks  # (-1, -1): no skip
         graphdef, params, stats = nnx.split(self, nnx.Param, nnx.BatchStat)
 
+        def run_block(x, block_params, block_stats):
+            block = nnx.merge(graphdef, block_params, block_stats)
+            x = block.block(x, eval_mode)
+            return x, (nnx.state(block, nnx.BatchStat) if train else None)
+
+        if train:
+            run_block = jax.checkpoint(
+                run_block,
+                policy=jax.checkpoint_policies.save_only_these_names(*SAVED_FOR_BACKWARD),
+            )
+
         def body(carry, xs):
             x, x1 = carry
             i, block_params, block_stats = xs
             # The skip is a select inside the one scanned body rather than three scans.
             x1 = jnp.where(i == keep_at, x, x1)
             x = jnp.where(i == add_at, x + x1, x)
-            block = nnx.merge(graphdef, block_params, block_stats)
-            x = block.block(x, eval_mode)
-            return (x, x1), (nnx.state(block, nnx.BatchStat) if train else None)
+            x, new_stats = run_block(x, block_params, block_stats)
+            return (x, x1), new_stats
 
         # Training scans one block body: compile time stays flat in depth (~4 s at depth 16 on
         # CPU, 16 s unrolled) and the step runs faster than unrolled. Inference has no

@@ -161,7 +161,11 @@ def _depthwise_shifted_fwd(x, kernel, dilation):
 
 def _depthwise_shifted_bwd(dilation, res, g):
     x, kernel = res
-    dx = _depthwise_shifted_input_grad(g, kernel, dilation)
+    # Materialised for the same reason as the forward output: in the mixer stack dx feeds the
+    # skip's two selects, and XLA fused (= recomputed) the whole tap sum into each of them.
+    dx = _materialized(
+        functools.partial(_depthwise_shifted_input_grad, dilation=dilation), g, kernel
+    )
     dk = _depthwise_shifted_kernel_grad(x, g, kernel.shape[0], dilation).astype(kernel.dtype)
     return dx, dk
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from stlight_jax import ops
 from stlight_jax.model_size import PAPER_SIZES, count_params, model_size
@@ -136,3 +137,30 @@ def test_true_macs_match_torch_flop_counter():
     with counter, torch.no_grad():
         ref(torch.zeros(1, 3, 2, 16, 16))
     assert counter.get_total_flops() == 2 * model_size(cfg).true_macs
+
+
+def test_train_step_keeps_five_activations_per_block():
+    """The remat policy (models.SAVED_FOR_BACKWARD): the forward scan stacks the block input and
+    the four named tensors for the backward pass, not GELU or BatchNorm outputs (8 before)."""
+    import optax
+
+    from stlight_jax import sharding, steps
+    from stlight_jax.models import ModelConfig, create_model
+
+    cfg = ModelConfig(
+        frames_in=2, frames_out=2, image_size=(16, 16), dim=12, depth=3, patch=2, k2=5, dilation=2
+    )
+    model = create_model(cfg, seed=0)
+    graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
+    tx = optax.adam(1e-3)
+    _, state = steps.split_model(model, tx)
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    step = steps.create_train_step(graphdef, tx, lambda s: 1e-3, mesh)
+    x = np.random.default_rng(0).random((2, 2, 16, 16, 1), dtype=np.float32)
+    batch = sharding.global_batch({"inputs": x, "targets": x}, mesh)
+    hlo = step.lower(sharding.replicate(state, mesh), batch).compile().as_text()
+    loops = [line for line in hlo.splitlines() if " while(" in line]
+    stacked = "f32[3,2,8,8,12]"  # (depth, batch, latent H, latent W, dim)
+    forward = [line for line in loops if stacked in line.split("while(")[0]]
+    assert forward, "no scan carries stacked per-block activations"
+    assert max(line.split("while(")[0].count(stacked) for line in forward) == 5
