@@ -30,21 +30,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> overrides of configs/mmnist.py:cpu. 'base' is the quick start as it stands. Patch 4
-# quarters the latent positions, but on this CPU a dim-128 patch-4 step measured about 3x a
-# base step (three runs side by side), so those candidates get a third of the epochs.
+# name -> overrides of configs/mmnist.py:cpu. 'base' is the quick start as it stands. Epochs
+# are sized so every candidate trains about as long as the base (1,250 steps at 170 ms): train
+# step times measured on the 2-core VM at batch 16 (benchmarks/README.md, "Quick-start sweep"):
+# patch 2 dim 64 depth 4 170 ms, batch 8 88 ms; patch 4 dim 128 depth 4 116 ms, dim 256 250 ms,
+# dim 192 depth 6 242 ms.
 CANDIDATES: dict[str, dict[str, object]] = {
     "base": {},
     "base_lr3e-3": {"optimizer.learning_rate": 3e-3},
-    "base_b8": {"data.batch_size": 8, "num_epochs": 7},
-    "p4_d128_e4": {"model.patch": 4, "model.dim": 128, "num_epochs": 4},
-    "p4_d128_e4_lr3e-3": {
+    "base_b8": {"data.batch_size": 8},
+    "p4_d128_e14": {"model.patch": 4, "model.dim": 128, "num_epochs": 14},
+    "p4_d128_e14_lr3e-3": {
         "model.patch": 4,
         "model.dim": 128,
-        "num_epochs": 4,
+        "num_epochs": 14,
         "optimizer.learning_rate": 3e-3,
     },
-    "d96_depth6_e5": {"model.dim": 96, "model.depth": 6, "num_epochs": 5},
+    "base_b4": {"data.batch_size": 4},
+    "base_b8_lr2e-2": {"data.batch_size": 8, "optimizer.learning_rate": 2e-2},
+    "base_b4_lr2e-2": {"data.batch_size": 4, "optimizer.learning_rate": 2e-2},
+    "base_b2": {"data.batch_size": 2},
+    "p4_d128_b8_e12": {
+        "model.patch": 4,
+        "model.dim": 128,
+        "num_epochs": 12,
+        "data.batch_size": 8,
+    },
+    "p4_d256_e7": {"model.patch": 4, "model.dim": 256, "num_epochs": 7},
+    "p4_d192_depth6_e7": {"model.patch": 4, "model.dim": 192, "model.depth": 6, "num_epochs": 7},
 }
 
 
