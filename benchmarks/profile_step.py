@@ -117,8 +117,10 @@ def main(argv: list[str] | None = None) -> None:
             call()
             times.append(time.perf_counter() - t)
     wall = sum(times) / len(times) * 1e3
-    print(f"{'forward' if args.forward else 'train step'}: {wall:.0f} ms per call "
-          f"(traced, {args.steps} calls: {', '.join(f'{s * 1e3:.0f}' for s in times)} ms)")
+    print(
+        f"{'forward' if args.forward else 'train step'}: {wall:.0f} ms per call "
+        f"(traced, {args.steps} calls: {', '.join(f'{s * 1e3:.0f}' for s in times)} ms)"
+    )
     rows = summarise(_trace_events(trace_dir), args.steps, args.top)
     print(f"{'ms/call':>9} {'share':>6} {'n':>4}  op")
     for name, ms, n in rows:

@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workroot", default=str(ROOT / "runs" / "quickstart_sweep"))
     p.add_argument("--time-slack", type=float, default=1.25, help="x the base's CPU seconds")
     p.add_argument("--out", default=None)
-    p.add_argument(
-        "--reuse", action="store_true", help="read runs already finished in --workroot"
-    )
+    p.add_argument("--reuse", action="store_true", help="read runs already finished in --workroot")
     args = p.parse_args(argv)
     names = args.only or list(CANDIDATES)
     result = {
