@@ -210,3 +210,18 @@ def test_compare_summarises_a_stopped_run(tmp_path):
     with pytest.raises(SystemExit, match="not a partial result"):
         path.write_text(json.dumps({**partial, "partial": False}))
         compare.main(["--summarise-partial", str(path)])
+
+
+def test_profile_step_summarises_a_traced_train_step(tmp_path, capsys):
+    from benchmarks import profile_step
+
+    profile_step.main(
+        ["--dim", "8", "--depth", "2", "--batch", "1", "--steps", "1", "--top", "5",
+         "--trace-dir", str(tmp_path / "trace")]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "train step:" in out and "ms per call" in out
+    # At least one XLA op row (ms/call, share, count, name) came out of the trace.
+    import re
+
+    assert re.search(r"^\s*[\d.]+\s+[\d.]+%\s+\d+\s+\S", out, re.M), out
