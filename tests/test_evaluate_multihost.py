@@ -116,7 +116,13 @@ def assert_same_outputs(got_dir, want_dir) -> None:
             g, w = pixels(got), pixels(want)
             assert len(g) == len(w), name
             for k, (a, b) in enumerate(zip(g, w, strict=True)):
-                np.testing.assert_array_equal(a, b, err_msg=f"{name} frame {k}")
+                if name == "metrics_vs_lead_time.png":
+                    # The plotted metrics are equal only up to float32 summation order (see
+                    # below), which can move a line's anti-aliasing by one level here and there.
+                    diff = np.abs(a.astype(int) - b.astype(int))
+                    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, name
+                else:
+                    np.testing.assert_array_equal(a, b, err_msg=f"{name} frame {k}")
         else:
             with open(got) as f:
                 g = json.load(f)
