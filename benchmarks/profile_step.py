@@ -85,18 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     y = rng.random(shape, dtype=np.float32)
     model = create_model(cfg, seed=0)
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    mesh = sharding.create_mesh(jax.devices()[:1])
     if args.forward:
-
-        @jax.jit
-        def forward(params, stats, inputs):
-            return nnx.merge(graphdef, params, stats, copy=True)(inputs, use_running_average=True)
+        forward = steps.create_forward(graphdef, mesh)  # the evaluation forward
 
         def call():
             forward(params, stats, x).block_until_ready()
     else:
         tx = optax.adam(1e-3)
         _, state = steps.split_model(model, tx)
-        mesh = sharding.create_mesh(jax.devices()[:1])
         step = steps.create_train_step(graphdef, tx, lambda s: 1e-3, mesh)
         holder = {"state": sharding.replicate(state, mesh)}
         batch = sharding.global_batch({"inputs": x, "targets": y}, mesh)

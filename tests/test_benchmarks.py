@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,16 +213,15 @@ def test_compare_summarises_a_stopped_run(tmp_path):
         compare.main(["--summarise-partial", str(path)])
 
 
-def test_profile_step_summarises_a_traced_train_step(tmp_path, capsys):
+def test_profile_step_summarises_a_traced_step(tmp_path, capsys):
     from benchmarks import profile_step
 
-    profile_step.main(
-        ["--dim", "8", "--depth", "2", "--batch", "1", "--steps", "1", "--top", "5",
-         "--trace-dir", str(tmp_path / "trace")]
-    )  # fmt: skip
-    out = capsys.readouterr().out
-    assert "train step:" in out and "ms per call" in out
-    # At least one XLA op row (ms/call, share, count, name) came out of the trace.
-    import re
-
-    assert re.search(r"^\s*[\d.]+\s+[\d.]+%\s+\d+\s+\S", out, re.M), out
+    for mode, flags in (("train step", []), ("forward", ["--forward"])):
+        profile_step.main(
+            ["--dim", "8", "--depth", "2", "--batch", "1", "--steps", "1", "--top", "5",
+             "--trace-dir", str(tmp_path / mode), *flags]
+        )  # fmt: skip
+        out = capsys.readouterr().out
+        assert f"{mode}:" in out and "ms per call" in out
+        # At least one XLA op row (ms/call, share, count, name) came out of the trace.
+        assert re.search(r"^\s*[\d.]+\s+[\d.]+%\s+\d+\s+\S", out, re.M), out

@@ -141,11 +141,10 @@ def test_true_macs_match_torch_flop_counter():
 
 def test_train_step_keeps_five_activations_per_block():
     """The remat policy (models.SAVED_FOR_BACKWARD): the forward scan stacks the block input and
-    the four named tensors for the backward pass, not GELU or BatchNorm outputs (8 before)."""
+    the four named tensors for the backward pass, not GELU or BatchNorm outputs (9 before)."""
     import optax
 
     from stlight_jax import sharding, steps
-    from stlight_jax.models import ModelConfig, create_model
 
     cfg = ModelConfig(
         frames_in=2, frames_out=2, image_size=(16, 16), dim=12, depth=3, patch=2, k2=5, dilation=2
