@@ -95,6 +95,8 @@ def validation_due(run: TrainingRun, step: int) -> bool:
 def validate(run: TrainingRun, state: State, step: int, epoch: int) -> float:
     """Evaluates `state` on the validation split, writes and logs the metrics; returns the MSE
     (the metric that picks the best checkpoint)."""
+    # Logged before the pass so that a log reader knows where a signal will land.
+    logging.info("epoch %d step %d: validating", epoch, step)
     val = evaluate_split(
         run.config,
         run.eval_step,
