@@ -108,6 +108,8 @@ class Case:
     # JAX: executables the jitted function holds after timing (1: no call recompiled it).
     count_compiles: Callable[[], int] | None = None
     compiles: int | None = None
+    # JAX: the compile share of the first call (tracing, lowering, XLA), from JAX's own events.
+    jax_compile_s: float | None = None
 
     def summary(self) -> dict[str, Any]:
         if self.error is not None:
@@ -121,6 +123,7 @@ class Case:
             "times_s": self.times,
             "samples_per_s": self.batch / med,
             "compile_s": self.compile_s,
+            "jax_compile_s": self.jax_compile_s,
             "peak_mem_mb": self.peak_mb,
             "device_peak_mb": self.device_peak_mb,
             "xla_memory_mb": self.xla_memory_mb,
@@ -131,11 +134,37 @@ class Case:
         return out
 
 
+# JAX's compile events; their durations summed over a first call are its compile time alone
+# (compile_s is compile + one run). Recorded by a listener jax_cases registers.
+JAX_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_jax_compile_durations: list[float] = []
+_listening = False
+
+
+def _listen_to_jax_compiles() -> None:
+    global _listening
+    if _listening:
+        return
+    from jax import monitoring
+
+    def record(event: str, duration: float, **kwargs) -> None:
+        if event in JAX_COMPILE_EVENTS:
+            _jax_compile_durations.append(duration)
+
+    monitoring.register_event_duration_secs_listener(record)
+    _listening = True
+
+
 def _first_call(case: Case) -> None:
     gc.collect()
     _reset_peak_rss()
     if case.reset_device_peak:
         case.reset_device_peak()
+    seen = len(_jax_compile_durations)
     t = time.perf_counter()
     try:
         case.run()
@@ -143,6 +172,8 @@ def _first_call(case: Case) -> None:
         case.error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         return
     case.compile_s = time.perf_counter() - t
+    if case.count_compiles is not None:  # a JAX case
+        case.jax_compile_s = sum(_jax_compile_durations[seen:])
     if case.read_device_peak_mb:
         case.device_peak_mb = case.read_device_peak_mb()
 
@@ -317,6 +348,7 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
     ]
     cases[0].xla_memory_probe = lambda: _xla_memory_mb(forward, fwd_params, fwd_stats, xj)
     cases[1].xla_memory_probe = lambda: _xla_memory_mb(jitted, holder["state"], batch)
+    _listen_to_jax_compiles()
     cases[0].count_compiles = forward._cache_size  # private, but the only count jax gives
     cases[1].count_compiles = jitted._cache_size
     return cases, info
@@ -438,7 +470,11 @@ def main(argv: list[str] | None = None) -> dict:
         for c in cases:
             _first_call(c)
             c.peak_mb = _peak_rss_mb()
-            print(f"  first call {c.name:26s} {c.compile_s or float('nan'):8.2f} s", flush=True)
+            compiling = f" ({c.jax_compile_s:.2f} s compiling)" if c.jax_compile_s else ""
+            print(
+                f"  first call {c.name:26s} {c.compile_s or float('nan'):8.2f} s{compiling}",
+                flush=True,
+            )
         peaks = {c.name: c.peak_mb for c in cases}
         _time_interleaved(cases, args.warmup, args.repeats)
         for c in cases:
@@ -484,7 +520,7 @@ def format_table(rows: list[tuple[int, dict]], result: dict) -> str:
         f"dim={result['config']['dim']} depth={result['config']['depth']} "
         f"precision={result['precision']} backend={result['machine']['backend']} "
         f"({result['machine']['cpu']}, {result['machine']['cpu_count']} cores)",
-        f"{'batch':>5} {'case':28s} {'median ms':>10} {'samples/s':>10} {'compile s':>10} "
+        f"{'batch':>5} {'case':28s} {'median ms':>10} {'samples/s':>10} {'1st call s':>10} "
         f"{mem_label:>12} {'XLA mem MB':>10} {'JAX speedup':>12}",
     ]
     for b, s in rows:
@@ -501,6 +537,8 @@ def format_table(rows: list[tuple[int, dict]], result: dict) -> str:
                 if jax_case and "median_s" in jax_case and not name.startswith("stlight"):
                     ratio = f"{c['median_s'] / jax_case['median_s']:.2f}x"
                 comp = f"{c['compile_s']:.2f}" if c.get("compile_s") is not None else "-"
+                if c.get("jax_compile_s"):
+                    comp = f"{c['jax_compile_s']:.1f}/{comp}"
                 peak = c.get("device_peak_mb") if on_device else c.get("peak_mem_mb")
                 peak = f"{peak:.0f}" if peak else "-"
                 xla = f"{c['xla_memory_mb']:.0f}" if c.get("xla_memory_mb") else "-"
@@ -515,6 +553,9 @@ def format_table(rows: list[tuple[int, dict]], result: dict) -> str:
                     f"{c['paper_schedule_h']:.1f} h"
                 )
     lines.append("JAX speedup = PyTorch median time / stlight-jax median time (>1: JAX faster).")
+    lines.append(
+        "1st call s: compile + one run; for stlight-jax, compiling alone / the whole first call."
+    )
     if on_device:
         lines.append(
             "dev peak: allocator peak during the first call (torch: reset before each case; "

@@ -164,7 +164,7 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
     for side, label in SIDES.items():
         for kind in KINDS:
             name = f"{label} {kind}"
-            times, first, errors, xla_mem, dev_peak, rss = [], [], [], [], [], []
+            times, first, compiling, errors, xla_mem, dev_peak, rss = [], [], [], [], [], [], []
             for rnd in rounds:
                 res = rnd.get(side)
                 if res is None:
@@ -178,6 +178,8 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
                     continue
                 times += c["times_s"]
                 first.append(c["compile_s"])
+                if c.get("jax_compile_s") is not None:
+                    compiling.append(c["jax_compile_s"])
                 rss.append(c.get("peak_mem_mb"))
                 xla_mem.append(c.get("xla_memory_mb"))
                 dev_peak.append(c.get("device_peak_mb"))
@@ -197,6 +199,9 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
                 "samples_per_s": batch / med,
                 "first_call_s": first,
                 "first_call_median_s": statistics.median(first),
+                # JAX only: the compile share of the first call (tracing, lowering, XLA).
+                "compile_s": compiling,
+                "compile_median_s": statistics.median(compiling) if compiling else None,
                 "gflop": flops / 1e9,
                 "gflops_per_s": gflops,
                 "share_of_peak": gflops / peak_gflops if peak_gflops else None,
@@ -263,7 +268,7 @@ def format_table(result: dict) -> str:
         f"matmul peak ({peak['precision']}, n={peak['n']}): {peak['gflops']:.1f} GFLOP/s "
         f"(best of {peak['measurements']} processes; median {peak['median_gflops']:.1f})",
         f"{'batch':>5} {'case':28s} {'median ms':>10} {'min ms':>9} {'first s':>8} "
-        f"{'GFLOP/s':>8} {'% peak':>7}",
+        f"{'GFLOP/s':>8} {'% peak':>7} {'compile s':>9}",
     ]
     for run in result["runs"]:
         b = run["batch"]
@@ -277,14 +282,20 @@ def format_table(result: dict) -> str:
                     lines.append(f"{b:5d} {name:28s} n/a: {c['error'].splitlines()[-1][:80]}")
                     continue
                 share = f"{100 * c['share_of_peak']:.0f}%" if c["share_of_peak"] else "-"
+                comp = c.get("compile_median_s")
+                comp = f"{comp:.2f}" if comp is not None else "-"
                 lines.append(
                     f"{b:5d} {name:28s} {c['median_s'] * 1e3:10.1f} {c['min_s'] * 1e3:9.1f} "
-                    f"{c['first_call_median_s']:8.2f} {c['gflops_per_s']:8.1f} {share:>7}"
+                    f"{c['first_call_median_s']:8.2f} {c['gflops_per_s']:8.1f} {share:>7} "
+                    f"{comp:>9}"
                 )
         for k, v in run["ratios"].items():
             lines.append(f"{b:5d}   {k}: {v:.2f}x")
-    lines.append("Ratios 'X / Y' are median times: > 1 means Y is faster. 'first s': first call "
-                 "(trace + compile + one run), median over rounds.")  # fmt: skip
+    lines.append(
+        "Ratios 'X / Y' are median times: > 1 means Y is faster. 'first s': first call "
+        "(trace + compile + one run), median over rounds; 'compile s' (stlight-jax): the "
+        "tracing, lowering and XLA compile within it, from JAX's compile events."
+    )
     return "\n".join(lines)
 
 

@@ -39,6 +39,9 @@ def test_bench_times_both_frameworks_and_writes_json(tmp_path, capsys):
     step = cases["stlight-jax train step"]
     # One executable each: the timed calls never recompiled (uncommitted first inputs did).
     assert step["compiles"] == 1 and cases["stlight-jax forward"]["compiles"] == 1
+    # Compiling alone, from JAX's events: part of the first call, and for JAX cases only.
+    assert 0 < step["jax_compile_s"] < step["compile_s"]
+    assert cases["torch eager train step"]["jax_compile_s"] is None
     assert "paper_schedule_h" not in step  # only at the paper's batch of 16
     # XLA's accounting of the train step covers at least params + Adam's two moments.
     assert step["xla_memory_mb"] > cases["stlight-jax forward"]["xla_memory_mb"] > 0
@@ -174,8 +177,9 @@ def test_compare_summarises_a_stopped_run(tmp_path):
     --summarise-partial turns what finished into medians, ratios and shares of the peak."""
 
     def side(cases):
-        return {"runs": [{"batch": 2, "cases": {
-            n: {"times_s": t, "compile_s": 1.0} for n, t in cases.items()}}]}  # fmt: skip
+        compiling = {"jax_compile_s": 0.5} if "stlight-jax forward" in cases else {}
+        timed = {n: {"times_s": t, "compile_s": 1.0, **compiling} for n, t in cases.items()}
+        return {"runs": [{"batch": 2, "cases": timed}]}
 
     rounds = [
         {
@@ -192,8 +196,16 @@ def test_compare_summarises_a_stopped_run(tmp_path):
         "rounds": {"2": 2},
         "repeats": {"2": 1},
         "malloc": "default",
-        "config": {"dim": 8, "depth": 1, "frames_in": 10, "frames_out": 10, "channels": 1,
-                   "image_size": [64, 64], "patch": 2, "conv_impl": "auto"},  # fmt: skip
+        "config": {
+            "dim": 8,
+            "depth": 1,
+            "frames_in": 10,
+            "frames_out": 10,
+            "channels": 1,
+            "image_size": [64, 64],
+            "patch": 2,
+            "conv_impl": "auto",
+        },
         "peaks": [{"best_gflops": 10.0}, {"best_gflops": 20.0}, {"error": "killed"}],
         "runs": [{"batch": 2, "rounds": rounds}],
     }
@@ -206,6 +218,8 @@ def test_compare_summarises_a_stopped_run(tmp_path):
     assert run["cases"]["stlight-jax forward"]["median_s"] == 2.0  # pooled over both rounds
     assert run["cases"]["stlight-jax train step"]["median_s"] == 5.0
     assert run["ratios"]["train step: torch eager / stlight-jax"] == 8.0 / 5.0
+    assert run["cases"]["stlight-jax train step"]["compile_median_s"] == 0.5
+    assert run["cases"]["torch eager train step"]["compile_median_s"] is None
     step = run["cases"]["torch eager train step"]
     assert step["share_of_peak"] == pytest.approx(step["gflop"] / 8.0 / 20.0)
     with pytest.raises(SystemExit, match="not a partial result"):
