@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,7 +139,8 @@ def test_cli_sigterm_saves_exits_cleanly_and_rerun_completes(config, tmp_path):
     log.seek(0)
     text = log.read()
     assert rc == 0, text[-3000:]
-    assert "signal 15 received: saved step" in text
+    # Mostly lands mid-training; a slow machine can let it reach the step-60 validation.
+    assert re.search(r"signal 15 received( during validation)?: saved step", text), text[-3000:]
     manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
     stopped = manager.latest_step()
     manager.close()
