@@ -3,9 +3,10 @@ STLIGHT_VERBOSE_ERRORS=1) shows the traceback instead. Program bugs keep their t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 EXIT_USER_ERROR = 2
 VERBOSE_FLAG = "verbose_errors"
@@ -40,6 +41,31 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
         text = f"{text} ({error.filename})"
     return text or type(error).__name__
+
+
+@contextlib.contextmanager
+def unraisables_held(verbose: bool) -> Iterator[None]:
+    """Holds back the "Exception ignored in ..." tracebacks Python prints for exceptions it
+    cannot raise (after one failed read, Orbax's other pending reads end that way, at random).
+    A user error (exit status 2) drops them, its one line says it all, and so are any at exit;
+    otherwise they are printed as usual when the block ends. `verbose`: no holding back."""
+    if verbose:
+        yield
+        return
+    held = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = held.append
+    user_error = False
+    try:
+        yield
+    except SystemExit as e:
+        user_error = e.code == EXIT_USER_ERROR
+        raise
+    finally:
+        if not user_error:
+            sys.unraisablehook = previous
+            for unraisable in held:
+                previous(unraisable)
 
 
 def fail(prog: str, message: str) -> None:
@@ -105,9 +131,10 @@ def run_absl(main: Callable[[list[str]], None], prog: str) -> None:
 
     if VERBOSE_FLAG not in flags.FLAGS:
         flags.DEFINE_bool(VERBOSE_FLAG, False, VERBOSE_HELP)
-    try:
-        app.run(main, flags_parser=make_flags_parser(prog))
-    except user_error_types() as e:
-        if verbose_requested(sys.argv):
-            raise
-        fail(prog, one_line(e))
+    with unraisables_held(verbose_requested(sys.argv)):
+        try:
+            app.run(main, flags_parser=make_flags_parser(prog))
+        except user_error_types() as e:
+            if verbose_requested(sys.argv):
+                raise
+            fail(prog, one_line(e))

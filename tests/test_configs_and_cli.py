@@ -150,3 +150,44 @@ def test_convert_cli_round_trip(tmp_path):
     )
     assert r.returncode != 0
     assert "wrongly shaped" in r.stderr and "patch_encoder.0.weight" in r.stderr
+
+
+_UNRAISABLE = """
+import sys
+from stlight_jax import cli_errors
+
+class Leftover:  # what Orbax leaves after a failed read: a finaliser that raises
+    def __del__(self):
+        raise RuntimeError("a pending read failed too")
+
+with cli_errors.unraisables_held(verbose=sys.argv[2] == "verbose"):
+    Leftover()
+    print("inside", file=sys.stderr, flush=True)
+    if sys.argv[1] == "user-error":
+        cli_errors.fail("prog", "the one line")
+"""
+
+
+@pytest.mark.parametrize("outcome", ["user-error", "success"])
+@pytest.mark.parametrize("verbose", ["quiet", "verbose"])
+def test_exceptions_python_cannot_raise_never_add_a_traceback_to_a_user_error(outcome, verbose):
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNRAISABLE, outcome, verbose],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
+    shown = "RuntimeError: a pending read failed too" in proc.stderr
+    if outcome == "user-error":
+        assert proc.returncode == 2
+        assert "prog: error: the one line" in proc.stderr
+        # Held back and dropped unless the traceback was asked for.
+        assert shown == (verbose == "verbose"), proc.stderr
+        if verbose == "quiet":
+            assert proc.stderr.splitlines() == ["inside", "prog: error: the one line"]
+    else:
+        assert proc.returncode == 0
+        assert shown, proc.stderr  # otherwise printed as usual, once the block ends
+        if verbose == "quiet":  # held back until then
+            assert proc.stderr.index("inside") < proc.stderr.index("Exception ignored")
