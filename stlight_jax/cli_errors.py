@@ -4,6 +4,7 @@ STLIGHT_VERBOSE_ERRORS=1) shows the traceback instead. Program bugs keep their t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -47,8 +48,9 @@ def one_line(error: BaseException) -> str:
 def unraisables_held(verbose: bool) -> Iterator[None]:
     """Holds back the "Exception ignored in ..." tracebacks Python prints for exceptions it
     cannot raise (after one failed read, Orbax's other pending reads end that way, at random).
-    A user error (exit status 2) drops them, its one line says it all, and so are any at exit;
-    otherwise they are printed as usual when the block ends. `verbose`: no holding back."""
+    A user error (exit status 2) drops them, its one line says it all, and so are any at exit,
+    with asyncio's "Future exception was never retrieved" for the same reads; otherwise they
+    are printed as usual when the block ends. `verbose`: no holding back."""
     if verbose:
         yield
         return
@@ -60,6 +62,8 @@ def unraisables_held(verbose: bool) -> Iterator[None]:
         yield
     except SystemExit as e:
         user_error = e.code == EXIT_USER_ERROR
+        if user_error:  # the process ends: what the failed operation leaves behind is noise
+            logging.getLogger("asyncio").disabled = True
         raise
     finally:
         if not user_error:

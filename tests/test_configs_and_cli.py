@@ -153,18 +153,28 @@ def test_convert_cli_round_trip(tmp_path):
 
 
 _UNRAISABLE = """
-import sys
+import asyncio, gc, logging, sys
 from stlight_jax import cli_errors
+
+logging.basicConfig()  # as absl does: asyncio's complaints reach stderr
 
 class Leftover:  # what Orbax leaves after a failed read: a finaliser that raises
     def __del__(self):
         raise RuntimeError("a pending read failed too")
 
-with cli_errors.unraisables_held(verbose=sys.argv[2] == "verbose"):
-    Leftover()
-    print("inside", file=sys.stderr, flush=True)
-    if sys.argv[1] == "user-error":
-        cli_errors.fail("prog", "the one line")
+# ... and futures whose failure nobody retrieved, collected once the command has failed.
+loop = asyncio.new_event_loop()
+orphan = loop.create_future()
+orphan.set_exception(RuntimeError("an orphaned read failed"))
+try:
+    with cli_errors.unraisables_held(verbose=sys.argv[2] == "verbose"):
+        Leftover()
+        print("inside", file=sys.stderr, flush=True)
+        if sys.argv[1] == "user-error":
+            cli_errors.fail("prog", "the one line")
+finally:
+    del orphan
+    gc.collect()
 """
 
 
@@ -179,6 +189,8 @@ def test_exceptions_python_cannot_raise_never_add_a_traceback_to_a_user_error(ou
         env={**os.environ, "PYTHONPATH": ROOT},
     )
     shown = "RuntimeError: a pending read failed too" in proc.stderr
+    orphan_shown = "an orphaned read failed" in proc.stderr
+    assert orphan_shown == (outcome == "success" or verbose == "verbose"), proc.stderr
     if outcome == "user-error":
         assert proc.returncode == 2
         assert "prog: error: the one line" in proc.stderr
