@@ -230,14 +230,18 @@ def read_error_reason(error: BaseException) -> str:
 
 
 def _drop_failed_reads() -> None:
-    """Collects the read coroutines a failed Orbax restore leaves behind; each would otherwise
-    print its TensorStore spec (pages of it) as an "Exception ignored" when collected."""
+    """Collects the read coroutines and tasks a failed Orbax restore leaves behind; each would
+    otherwise print its TensorStore spec (pages of it) when collected, as an "Exception
+    ignored" or as asyncio's "Task exception was never retrieved"."""
     hook = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: None
+    asyncio_logger = logging.getLogger("asyncio")
+    was_disabled, asyncio_logger.disabled = asyncio_logger.disabled, True
     try:
         gc.collect()
     finally:
         sys.unraisablehook = hook
+        asyncio_logger.disabled = was_disabled
 
 
 def _set_aside(manager, steps: list[int], log: Callable[[str], None]) -> None:

@@ -44,32 +44,49 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+class _HeldRecords(logging.Filter):
+    """Keeps asyncio's log records back (returning False stops them) until released."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
 @contextlib.contextmanager
 def unraisables_held(verbose: bool) -> Iterator[None]:
-    """Holds back the "Exception ignored in ..." tracebacks Python prints for exceptions it
-    cannot raise (after one failed read, Orbax's other pending reads end that way, at random).
-    A user error (exit status 2) drops them, its one line says it all, and so are any at exit,
-    with asyncio's "Future exception was never retrieved" for the same reads; otherwise they
-    are printed as usual when the block ends. `verbose`: no holding back."""
+    """Holds back what a failed Orbax read leaves for Python to report at random moments: the
+    "Exception ignored in <coroutine>" tracebacks of its other pending reads and asyncio's
+    "Task exception was never retrieved" records, each pages of TensorStore spec. A user error
+    (exit status 2) drops them, its one line says it all, and so are any later ones (the
+    process ends); otherwise they are reported as usual when the block ends. `verbose`: no
+    holding back."""
     if verbose:
         yield
         return
     held = []
     previous = sys.unraisablehook
     sys.unraisablehook = held.append
+    asyncio_logger = logging.getLogger("asyncio")
+    held_records = _HeldRecords()
+    asyncio_logger.addFilter(held_records)
     user_error = False
     try:
         yield
     except SystemExit as e:
         user_error = e.code == EXIT_USER_ERROR
-        if user_error:  # the process ends: what the failed operation leaves behind is noise
-            logging.getLogger("asyncio").disabled = True
         raise
     finally:
         if not user_error:
             sys.unraisablehook = previous
+            asyncio_logger.removeFilter(held_records)
             for unraisable in held:
                 previous(unraisable)
+            for record in held_records.records:
+                asyncio_logger.handle(record)
 
 
 def fail(prog: str, message: str) -> None:

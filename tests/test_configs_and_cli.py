@@ -169,6 +169,9 @@ orphan.set_exception(RuntimeError("an orphaned read failed"))
 try:
     with cli_errors.unraisables_held(verbose=sys.argv[2] == "verbose"):
         Leftover()
+        inner = loop.create_future()  # one collected while the command still runs
+        inner.set_exception(RuntimeError("an inner read failed"))
+        del inner
         print("inside", file=sys.stderr, flush=True)
         if sys.argv[1] == "user-error":
             cli_errors.fail("prog", "the one line")
@@ -189,8 +192,8 @@ def test_exceptions_python_cannot_raise_never_add_a_traceback_to_a_user_error(ou
         env={**os.environ, "PYTHONPATH": ROOT},
     )
     shown = "RuntimeError: a pending read failed too" in proc.stderr
-    orphan_shown = "an orphaned read failed" in proc.stderr
-    assert orphan_shown == (outcome == "success" or verbose == "verbose"), proc.stderr
+    for orphan in ("an orphaned read failed", "an inner read failed"):
+        assert (orphan in proc.stderr) == (outcome == "success" or verbose == "verbose")
     if outcome == "user-error":
         assert proc.returncode == 2
         assert "prog: error: the one line" in proc.stderr
@@ -203,3 +206,4 @@ def test_exceptions_python_cannot_raise_never_add_a_traceback_to_a_user_error(ou
         assert shown, proc.stderr  # otherwise printed as usual, once the block ends
         if verbose == "quiet":  # held back until then
             assert proc.stderr.index("inside") < proc.stderr.index("Exception ignored")
+            assert proc.stderr.index("inside") < proc.stderr.index("an inner read failed")
