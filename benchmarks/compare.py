@@ -199,9 +199,10 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
                 "samples_per_s": batch / med,
                 "first_call_s": first,
                 "first_call_median_s": statistics.median(first),
-                # JAX only: the compile share of the first call (tracing, lowering, XLA).
-                "compile_s": compiling,
-                "compile_median_s": statistics.median(compiling) if compiling else None,
+                # JAX only: the compile share of the first call (tracing, lowering, XLA);
+                # the same key as bench.py's, per round.
+                "jax_compile_s": compiling,
+                "jax_compile_median_s": statistics.median(compiling) if compiling else None,
                 "gflop": flops / 1e9,
                 "gflops_per_s": gflops,
                 "share_of_peak": gflops / peak_gflops if peak_gflops else None,
@@ -282,7 +283,7 @@ def format_table(result: dict) -> str:
                     lines.append(f"{b:5d} {name:28s} n/a: {c['error'].splitlines()[-1][:80]}")
                     continue
                 share = f"{100 * c['share_of_peak']:.0f}%" if c["share_of_peak"] else "-"
-                comp = c.get("compile_median_s")
+                comp = c.get("jax_compile_median_s")
                 comp = f"{comp:.2f}" if comp is not None else "-"
                 lines.append(
                     f"{b:5d} {name:28s} {c['median_s'] * 1e3:10.1f} {c['min_s'] * 1e3:9.1f} "

@@ -50,10 +50,14 @@ def bench_summary(path: Path) -> dict[str, Any] | None:
             if "median_s" not in c:
                 cases[name] = {"error": c.get("error")}
                 continue
-            cases[name] = {
-                k: c.get(k)
-                for k in ("median_s", "first_call_median_s", "gflops_per_s", "share_of_peak")
-            }
+            kept = (
+                "median_s",
+                "first_call_median_s",
+                "jax_compile_median_s",
+                "gflops_per_s",
+                "share_of_peak",
+            )
+            cases[name] = {k: c.get(k) for k in kept}
             cases[name]["device_peak_mb"] = c.get("device_peak_mb")
             if name.endswith("train step"):
                 cases[name]["paper_schedule_h"] = c["median_s"] * PAPER_STEPS / 3600

@@ -89,6 +89,19 @@ def unraisables_held(verbose: bool) -> Iterator[None]:
                 asyncio_logger.handle(record)
 
 
+@contextlib.contextmanager
+def user_errors_reported(prog: str, verbose: bool) -> Iterator[None]:
+    """Inside: a user error becomes one line on stderr and exit status 2 (`verbose`: its
+    traceback instead), with what a failed read leaves behind held back (`unraisables_held`)."""
+    with unraisables_held(verbose):
+        try:
+            yield
+        except user_error_types() as e:
+            if verbose:
+                raise
+            fail(prog, one_line(e))
+
+
 def fail(prog: str, message: str) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
@@ -152,10 +165,5 @@ def run_absl(main: Callable[[list[str]], None], prog: str) -> None:
 
     if VERBOSE_FLAG not in flags.FLAGS:
         flags.DEFINE_bool(VERBOSE_FLAG, False, VERBOSE_HELP)
-    with unraisables_held(verbose_requested(sys.argv)):
-        try:
-            app.run(main, flags_parser=make_flags_parser(prog))
-        except user_error_types() as e:
-            if verbose_requested(sys.argv):
-                raise
-            fail(prog, one_line(e))
+    with user_errors_reported(prog, verbose_requested(sys.argv)):
+        app.run(main, flags_parser=make_flags_parser(prog))

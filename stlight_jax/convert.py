@@ -345,26 +345,21 @@ def main(argv: list[str] | None = None) -> None:
         )
     args = parser.parse_args(argv)
     verbose = args.verbose_errors or cli_errors.verbose_requested([])
-    with cli_errors.unraisables_held(verbose):
-        try:
-            config = config_io.load_config(args.config)
-            from stlight_jax import config_validation
+    with cli_errors.user_errors_reported(parser.prog, verbose):
+        config = config_io.load_config(args.config)
+        from stlight_jax import config_validation
 
-            config_validation.validate(config)
-            if args.command == "import":
-                where = import_to_checkpoint(
-                    args.weights, config, args.out, not args.non_strict, args.key_map
-                )
-                print(f"wrote {where}; start from it with --config.init_from={args.out}")
-            else:
-                where = export_from_checkpoint(
-                    args.checkpoint, config, args.out, args.step, args.layout
-                )
-                print(f"wrote {where}")
-        except cli_errors.user_error_types() as e:
-            if verbose:
-                raise
-            cli_errors.fail(parser.prog, cli_errors.one_line(e))
+        config_validation.validate(config)
+        if args.command == "import":
+            where = import_to_checkpoint(
+                args.weights, config, args.out, not args.non_strict, args.key_map
+            )
+            print(f"wrote {where}; start from it with --config.init_from={args.out}")
+        else:
+            where = export_from_checkpoint(
+                args.checkpoint, config, args.out, args.step, args.layout
+            )
+            print(f"wrote {where}")
 
 
 if __name__ == "__main__":

@@ -200,21 +200,17 @@ def main(argv: list[str] | None = None) -> None:
             )
     args = parser.parse_args(argv)
     verbose = args.verbose_errors or cli_errors.verbose_requested([])
-    with cli_errors.unraisables_held(verbose):
-        try:
-            source = args.workdir or args.checkpoint or args.weights
-            loaded = api.load_model_from(
-                source, args.config, args.step, args.key_map, conv_impl=EXPORT_CONV_IMPL
-            )
-            if args.format == "stablehlo":
-                platforms = [p for p in args.platforms.split(",") if p]
-                print(f"wrote {write_stablehlo(loaded, args.out, args.batch, platforms)}")
-            else:
-                print(f"wrote {write_onnx(loaded, args.out, args.batch)}")
-        except cli_errors.user_error_types() as e:  # one line naming the culprit, exit status 2
-            if verbose:
-                raise
-            cli_errors.fail(parser.prog, cli_errors.one_line(e))
+    # A user error: one line naming the culprit, exit status 2.
+    with cli_errors.user_errors_reported(parser.prog, verbose):
+        source = args.workdir or args.checkpoint or args.weights
+        loaded = api.load_model_from(
+            source, args.config, args.step, args.key_map, conv_impl=EXPORT_CONV_IMPL
+        )
+        if args.format == "stablehlo":
+            platforms = [p for p in args.platforms.split(",") if p]
+            print(f"wrote {write_stablehlo(loaded, args.out, args.batch, platforms)}")
+        else:
+            print(f"wrote {write_onnx(loaded, args.out, args.batch)}")
 
 
 if __name__ == "__main__":

@@ -218,8 +218,8 @@ def test_compare_summarises_a_stopped_run(tmp_path):
     assert run["cases"]["stlight-jax forward"]["median_s"] == 2.0  # pooled over both rounds
     assert run["cases"]["stlight-jax train step"]["median_s"] == 5.0
     assert run["ratios"]["train step: torch eager / stlight-jax"] == 8.0 / 5.0
-    assert run["cases"]["stlight-jax train step"]["compile_median_s"] == 0.5
-    assert run["cases"]["torch eager train step"]["compile_median_s"] is None
+    assert run["cases"]["stlight-jax train step"]["jax_compile_median_s"] == 0.5
+    assert run["cases"]["torch eager train step"]["jax_compile_median_s"] is None
     step = run["cases"]["torch eager train step"]
     assert step["share_of_peak"] == pytest.approx(step["gflop"] / 8.0 / 20.0)
     with pytest.raises(SystemExit, match="not a partial result"):

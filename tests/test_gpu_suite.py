@@ -38,6 +38,7 @@ def test_gpu_suite_dry_run_passes_every_step(tmp_path):
     for key in ("bench_float32_tf32", "bench_bf16"):
         cases = summary[key]["batches"]["2"]["cases"]
         assert cases["stlight-jax train step"]["median_s"] > 0
+        assert 0 < cases["stlight-jax train step"]["jax_compile_median_s"]
         assert cases["torch eager train step"]["share_of_peak"] > 0
     train = summary["train"]
     assert train["steps_done"] == 4 and train["steps_per_s"] > 0  # 32 sequences / batch 8
