@@ -105,6 +105,10 @@ class Case:
     # probed after timing: an AOT compile before the first call could pre-empt its compile.
     xla_memory_probe: Callable[[], float | None] | None = None
     xla_memory_mb: float | None = None
+    # JAX: XLA's cost analysis of the compiled executable: bytes its fused ops read and write
+    # (an estimate: what the fusions touch, caches ignored), for the memory-bandwidth share.
+    xla_bytes_probe: Callable[[], float | None] | None = None
+    xla_bytes_accessed: float | None = None
     # JAX: executables the jitted function holds after timing (1: no call recompiled it).
     count_compiles: Callable[[], int] | None = None
     compiles: int | None = None
@@ -127,6 +131,7 @@ class Case:
             "peak_mem_mb": self.peak_mb,
             "device_peak_mb": self.device_peak_mb,
             "xla_memory_mb": self.xla_memory_mb,
+            "xla_bytes_accessed": self.xla_bytes_accessed,
             "compiles": self.compiles,
         }
         if self.name.endswith("train step") and self.batch == 16:  # the paper's batch
@@ -348,6 +353,8 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
     ]
     cases[0].xla_memory_probe = lambda: _xla_memory_mb(forward, fwd_params, fwd_stats, xj)
     cases[1].xla_memory_probe = lambda: _xla_memory_mb(jitted, holder["state"], batch)
+    cases[0].xla_bytes_probe = lambda: _xla_bytes_accessed(forward, fwd_params, fwd_stats, xj)
+    cases[1].xla_bytes_probe = lambda: _xla_bytes_accessed(jitted, holder["state"], batch)
     _listen_to_jax_compiles()
     cases[0].count_compiles = forward._cache_size  # private, but the only count jax gives
     cases[1].count_compiles = jitted._cache_size
@@ -368,6 +375,19 @@ def _xla_memory_mb(jitted, *args) -> float | None:
     except Exception:  # memory_analysis is optional per backend
         return None
     return total / 2**20
+
+
+def _xla_bytes_accessed(jitted, *args) -> float | None:
+    """'bytes accessed' from XLA's cost analysis of the compiled executable (None where the
+    backend does not say)."""
+    try:
+        cost = jitted.lower(*args).compile().cost_analysis()
+        if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+            cost = cost[0]
+        value = cost.get("bytes accessed")
+    except Exception:  # cost_analysis is optional per backend
+        return None
+    return None if value is None else float(value)
 
 
 def _jax_device_peak_mb(device) -> float | None:
@@ -483,6 +503,8 @@ def main(argv: list[str] | None = None) -> dict:
                 c.compiles = c.count_compiles()
             if c.xla_memory_probe and c.error is None:
                 c.xla_memory_mb = c.xla_memory_probe()
+            if c.xla_bytes_probe and c.error is None:
+                c.xla_bytes_accessed = c.xla_bytes_probe()
         summaries = {c.name: c.summary() for c in cases}
         result["runs"].append({"batch": b, "cases": summaries})
         rows.append((b, summaries))

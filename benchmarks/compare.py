@@ -164,7 +164,7 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
     for side, label in SIDES.items():
         for kind in KINDS:
             name = f"{label} {kind}"
-            times, first, compiling, errors, xla_mem, dev_peak, rss = [], [], [], [], [], [], []
+            times, first, compiling, errors, xla_mem, dev_peak, rss, xla_bytes = ([] for _ in range(8))
             for rnd in rounds:
                 res = rnd.get(side)
                 if res is None:
@@ -182,6 +182,7 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
                     compiling.append(c["jax_compile_s"])
                 rss.append(c.get("peak_mem_mb"))
                 xla_mem.append(c.get("xla_memory_mb"))
+                xla_bytes.append(c.get("xla_bytes_accessed"))
                 dev_peak.append(c.get("device_peak_mb"))
             if not times and not errors:
                 continue
@@ -208,6 +209,12 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
                 "share_of_peak": gflops / peak_gflops if peak_gflops else None,
                 "peak_rss_mb": max((r for r in rss if r), default=None),
                 "xla_memory_mb": next((m for m in xla_mem if m), None),
+                # JAX only: XLA's estimate of the bytes the compiled step reads and writes, and
+                # that over the median time (compare with the device's copy bandwidth).
+                "xla_bytes_accessed": next((m for m in xla_bytes if m), None),
+                "xla_gbytes_per_s": (
+                    next((m for m in xla_bytes if m), 0) / med / 1e9 if any(xla_bytes) else None
+                ),
                 "device_peak_mb": max((m for m in dev_peak if m), default=None),
                 "errors": errors,
             }

@@ -13,4 +13,9 @@ for spec in grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
     -d .whl "$spec"
 done
-ls -la .whl
+# Fallbacks, installed by gpu_suite.sh only where the image's version is out of our range.
+for spec in flax==0.12.8 optax==0.2.8 orbax-checkpoint==0.12.8; do
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform any -d .whl/pinned "$spec"
+done
+ls -la .whl .whl/pinned

@@ -2,8 +2,11 @@
 
     python benchmarks/suite_summary.py --out OUT --work WORK [--dry-run 1]
 
-Reads the JSON the suite's steps wrote in OUT (compare-*.json, eval.json) and the logs it kept
-in WORK (steps.txt, machine.txt, train.log, gpu_mem.txt); prints and writes OUT/summary.json.
+Reads what the suite's steps wrote in OUT (test_metrics.json, compare-bf16.json, eval.json) and
+kept in WORK (steps.txt, machine.txt, train.log, run/metrics.jsonl, run/config.json,
+gpu_mem.txt); prints and writes OUT/summary.json. Step times come from the absl timestamps of
+train.log's progress lines: the median per-step time of the intervals between them (those
+holding a checkpoint or a validation are the minority), and the wall time per step overall.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import datetime
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,13 @@ if str(ROOT) not in sys.path:
 PAPER_STEPS = 125_000  # 200 epochs x 625 steps of 16 (Moving MNIST, 10,000 sequences)
 _RATE = re.compile(r"step (\d+)/(\d+) loss \S+ \| ([\d.]+) steps/s")
 _FIRST = re.compile(r"first step \(compile \+ run\) took ([\d.]+) s")
+_SAVED = re.compile(r"saved step (\d+) to ")
+_STAMP = re.compile(r"^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+) ")
+STEPS_PER_EPOCH = 625  # 10,000 sequences / batch 16
+# The H200's ceilings as measured on such a machine (the device tool's notes): an 8192^3 bf16
+# matmul at about 790 TFLOP/s and device-to-device copies at about 4.3 TB/s.
+BF16_PEAK_TFLOPS = 790.0
+COPY_BANDWIDTH_TBS = 4.3
 
 
 def _read(path: Path) -> str | None:
@@ -59,32 +70,95 @@ def bench_summary(path: Path) -> dict[str, Any] | None:
             )
             cases[name] = {k: c.get(k) for k in kept}
             cases[name]["device_peak_mb"] = c.get("device_peak_mb")
+            cases[name]["share_of_bf16_790_tflops"] = c["gflops_per_s"] / (BF16_PEAK_TFLOPS * 1e3)
+            if c.get("xla_gbytes_per_s"):
+                cases[name]["xla_gbytes_per_s"] = c["xla_gbytes_per_s"]
+                cases[name]["share_of_4_3_tbs"] = c["xla_gbytes_per_s"] / (
+                    COPY_BANDWIDTH_TBS * 1e3
+                )
             if name.endswith("train step"):
                 cases[name]["paper_schedule_h"] = c["median_s"] * PAPER_STEPS / 3600
         out["batches"][str(run["batch"])] = {"cases": cases, "ratios": run["ratios"]}
     return out
 
 
+def _log_time(line: str) -> float | None:
+    """Seconds since midnight from an absl log line ('I1204 16:55:04.616211 ...')."""
+    m = _STAMP.match(line)
+    if not m:
+        return None
+    h, mi, sec = m.groups()
+    return int(h) * 3600 + int(mi) * 60 + float(sec)
+
+
 def train_summary(work: Path) -> dict[str, Any] | None:
+    """The training run's figures from train.log (absl timestamps) and metrics.jsonl."""
     log = _read(work / "train.log")
     if log is None:
         return None
-    rates = _RATE.findall(log)
+    points = []  # (seconds, step) of each progress line
+    for line in log.splitlines():
+        m = _RATE.search(line)
+        t = _log_time(line)
+        if m and t is not None:
+            points.append((t, int(m.group(1))))
+    # Per-step time of each interval between progress lines; the median skips the intervals
+    # that hold an epoch-end checkpoint or a validation.
+    per_step = [
+        (t1 - t0) / (s1 - s0) for (t0, s0), (t1, s1) in zip(points, points[1:]) if s1 > s0
+    ]
     first = _FIRST.search(log)
+    saved = _SAVED.search(log)
+    last_step = int(saved.group(1)) if saved else (points[-1][1] if points else 0)
     out: dict[str, Any] = {
         "first_step_s": float(first.group(1)) if first else None,
-        "steps_done": int(rates[-1][0]) if rates else 0,
-        # train.py's rate counts from the end of the first step (compile excluded).
-        "steps_per_s": float(rates[-1][2]) if rates else None,
+        "steps_done": last_step,
+        "epochs_reached": last_step / STEPS_PER_EPOCH,
+        "completed_epochs": last_step // STEPS_PER_EPOCH,
+        "step_median_s": statistics.median(per_step) if per_step else None,
         "interrupted": "signal 15 received" in log,
     }
-    if out["steps_per_s"]:
-        out["paper_schedule_h"] = PAPER_STEPS / out["steps_per_s"] / 3600
+    if len(points) > 1 and points[-1][1] > points[0][1]:
+        # Everything between the first and last progress lines: steps, checkpoints, validations.
+        wall = (points[-1][0] - points[0][0]) / (points[-1][1] - points[0][1])
+        out["wall_per_step_s"] = wall
+        out["paper_schedule_h"] = PAPER_STEPS * wall / 3600
+    if out["step_median_s"]:
+        out["paper_schedule_steps_only_h"] = PAPER_STEPS * out["step_median_s"] / 3600
+    records = [json.loads(x) for x in (_read(work / "run" / "metrics.jsonl") or "").splitlines()]
+    out["validations"] = [
+        {k: r.get(k) for k in ("step", "epoch", "val_mse", "val_mae", "val_ssim", "val_psnr")}
+        for r in records
+        if "val_mse" in r
+    ]
+    header = next((r for r in records if "params" in r), None)
+    if header:
+        out["params"] = header["params"]
+    config = _read(work / "run" / "config.json")
+    if config:
+        cfg = json.loads(config)
+        out["compute_dtype"] = cfg.get("compute_dtype")
+        out["config_name"] = cfg.get("name")
     mem = _read(work / "gpu_mem.txt")
     if mem:
         used = [int(x) for x in mem.split() if x.isdigit()]
         out["device_memory_peak_mib"] = max(used) if used else None
     return out
+
+
+def test_summary(out_dir: Path) -> dict[str, Any] | None:
+    """The last checkpoint's test metrics (evaluate.py's metrics.json), baselines beside."""
+    text = _read(out_dir / "test_metrics.json")
+    if text is None:
+        return None
+    res = json.loads(text)
+    keep = ("mse", "mae", "ssim", "psnr")
+    return {
+        "sequences": res.get("num_samples"),
+        "checkpoint_step": (res.get("checkpoint") or {}).get("step"),
+        "data_source": res.get("data_source"),
+        **{name: {k: m.get(k) for k in keep} for name, m in res["metrics"].items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,15 +175,16 @@ def main(argv: list[str] | None = None) -> dict:
     evaluation = None
     if (out / "eval.json").exists():
         ev = json.loads((out / "eval.json").read_text())
-        evaluation = {k: ev.get(k) for k in ("sequences", "sequences_per_s", "median_pass_s")}
+        keep = ("sequences", "eval_batch_size", "compute_dtype", "sequences_per_s", "median_pass_s")
+        evaluation = {k: ev.get(k) for k in keep}
     summary = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "dry_run": args.dry_run == "1",
         "machine": (_read(work / "machine.txt") or "").strip(),
         "steps": steps,
-        "bench_float32_tf32": bench_summary(out / "compare-float32.json"),
-        "bench_bf16": bench_summary(out / "compare-bf16.json"),
         "train": train_summary(work),
+        "test": test_summary(out),
+        "bench_bf16": bench_summary(out / "compare-bf16.json"),
         "eval": evaluation,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
