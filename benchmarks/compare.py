@@ -164,7 +164,9 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
     for side, label in SIDES.items():
         for kind in KINDS:
             name = f"{label} {kind}"
-            times, first, compiling, errors, xla_mem, dev_peak, rss, xla_bytes = ([] for _ in range(8))
+            times, first, compiling, errors, xla_mem, dev_peak, rss, xla_bytes = (
+                [] for _ in range(8)
+            )
             for rnd in rounds:
                 res = rnd.get(side)
                 if res is None:

@@ -47,10 +47,10 @@ def count_ops(compiled_hlo: str, lowered_mlir: str) -> dict[str, dict[str, int]]
 def analyse(config_spec: str, compute_dtype: str, batch: int | None, conv_impl: str) -> dict:
     import jax
     import numpy as np
+    import optax
 
     from stlight_jax import sharding, steps
     from stlight_jax.config_io import load_config
-    import optax
 
     config = load_config(config_spec)
     config.compute_dtype = compute_dtype
@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
         "conv_impl": args.conv_impl,
-        "runs": [analyse(args.config, d, args.batch, args.conv_impl) for d in ("float32", "bfloat16")],
+        "runs": [
+            analyse(args.config, d, args.batch, args.conv_impl) for d in ("float32", "bfloat16")
+        ],
     }
     f32, bf16 = result["runs"]
     if f32["xla_bytes_accessed"]:

@@ -73,9 +73,7 @@ def bench_summary(path: Path) -> dict[str, Any] | None:
             cases[name]["share_of_bf16_790_tflops"] = c["gflops_per_s"] / (BF16_PEAK_TFLOPS * 1e3)
             if c.get("xla_gbytes_per_s"):
                 cases[name]["xla_gbytes_per_s"] = c["xla_gbytes_per_s"]
-                cases[name]["share_of_4_3_tbs"] = c["xla_gbytes_per_s"] / (
-                    COPY_BANDWIDTH_TBS * 1e3
-                )
+                cases[name]["share_of_4_3_tbs"] = c["xla_gbytes_per_s"] / (COPY_BANDWIDTH_TBS * 1e3)
             if name.endswith("train step"):
                 cases[name]["paper_schedule_h"] = c["median_s"] * PAPER_STEPS / 3600
         out["batches"][str(run["batch"])] = {"cases": cases, "ratios": run["ratios"]}
@@ -105,7 +103,9 @@ def train_summary(work: Path) -> dict[str, Any] | None:
     # Per-step time of each interval between progress lines; the median skips the intervals
     # that hold an epoch-end checkpoint or a validation.
     per_step = [
-        (t1 - t0) / (s1 - s0) for (t0, s0), (t1, s1) in zip(points, points[1:]) if s1 > s0
+        (t1 - t0) / (s1 - s0)
+        for (t0, s0), (t1, s1) in zip(points, points[1:], strict=False)
+        if s1 > s0
     ]
     first = _FIRST.search(log)
     saved = _SAVED.search(log)
