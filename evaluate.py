@@ -1,12 +1,14 @@
 """Scores a trained STLight on a split (OpenSTL metrics, baselines, pictures) or forecasts new data.
 
+    python evaluate.py --pretrained=mmnist_cpu_2h --out=look   # the shipped model, by name
     python evaluate.py --workdir=runs/cpu                      # best checkpoint, test split
     python evaluate.py --workdir=runs/cpu --step=latest --split=val --save_arrays
     python evaluate.py --config=configs/mmnist.py:S --weights=stlight_s.pth --out=eval_s
     python evaluate.py --workdir=runs/cpu --mode=predict --input=frames.npy --horizon=20
 
 Eval mode writes metrics.json, metrics_vs_lead_time.png and sample_<i>.png/.gif to --out
-(default <workdir>/eval/<split>). Predict mode reads --input (.npy of (N, T, H, W, C),
+(default <workdir>/eval/<split>); --num_test=N scores the first N Moving MNIST test sequences
+only. Predict mode reads --input (.npy of (N, T, H, W, C),
 (T, H, W, C) or, for 1 channel, (N, T, H, W); floats on [0, 1] or uint8 0..255, which is divided
 by 255; or a folder of images, one sequence sorted by file name) and writes predictions.npy,
 predictions.json and sequence_<i>.png/.gif (default <workdir>/predict). A --horizon beyond the

@@ -127,8 +127,21 @@ def load_model_from(
 
     `conv_impl` overrides the config's depthwise conv formulation (same weights, same
     function; exports use the portable 'lax' one)."""
-    from stlight_jax import weights
+    from stlight_jax import pretrained, weights
 
+    if os.path.isfile(source) and pretrained.name_of_path(source):
+        source = pretrained.name_of_path(source)
+    if pretrained.is_name(source):
+        path, shipped_config, _ = pretrained.resolve(source)  # checks the SHA-256
+        if key_map or step is not None:
+            raise ValueError(f"{source!r} is a shipped model: step= and key_map= do not apply")
+        config = shipped_config if config is None else load_any_config(config)
+        if conv_impl:
+            config = ml_collections.ConfigDict(config.to_dict())
+            config.model.conv_impl = conv_impl
+        loaded = weights.load_model(config, weights=path)
+        loaded.source.update(kind="pretrained", name=source)
+        return loaded
     kind, found = resolve_source(source)
     if config is None:
         if found is None:
@@ -159,7 +172,9 @@ def load(
 ) -> Predictor:
     """Loads a trained STLight for prediction.
 
-    `source`: a training workdir (its best checkpoint, else its latest), an Orbax checkpoint
+    `source`: the name of a shipped model (`stlight_jax.pretrained.available()`, e.g.
+    'mmnist_cpu_2h': its weights' SHA-256 is checked and its config comes with it), a
+    training workdir (its best checkpoint, else its latest), an Orbax checkpoint
     (a workdir's checkpoints dir or step dir, or a `convert import` output), or a PyTorch /
     safetensors weights file in any layout `convert` reads (Figure 10, STF, wrappers).
     `config`: a config file spec ('configs/mmnist.py:S'), a config.json, a workdir or a

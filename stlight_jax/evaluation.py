@@ -13,9 +13,10 @@ import os
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
-from stlight_jax import config_validation, data, metrics, predict, visualize
+from stlight_jax import config_validation, data, metrics, predict, pretrained, visualize
 from stlight_jax.config_io import load_workdir_config
 from stlight_jax.models import ModelConfig
 from stlight_jax.sharding import create_mesh, host_batch, replicate, split_order
@@ -50,6 +51,8 @@ class EvalOptions:
     save_arrays: bool = False  # eval mode: inputs/targets/predictions .npy
     ssim_data_range: float = metrics.OPENSTL_SSIM_DATA_RANGE
     key_map: str | None = None  # JSON key map(s) for --weights in another layout
+    pretrained: str | None = None  # a shipped model's name (stlight_jax.pretrained)
+    num_test: int | None = None  # Moving MNIST: score the first N test sequences only
 
     def check(self) -> None:
         """Raises ValueError naming the first option that cannot work."""
@@ -68,8 +71,36 @@ class EvalOptions:
             raise ValueError(f"--num_samples must be >= 0, got {self.num_samples}")
         if self.ssim_data_range <= 0:
             raise ValueError(f"--ssim_data_range must be positive, got {self.ssim_data_range}")
-        if self.config is None and not self.workdir:
-            raise ValueError("give --workdir, or --config with --weights or --checkpoint")
+        if self.num_test is not None and (
+            self.num_test < 1 or self.split != "test" or not eval_mode
+        ):
+            raise ValueError(
+                f"--num_test={self.num_test}: give N >= 1, with --split=test in eval mode"
+            )
+        if self.pretrained:
+            given = [
+                f"--{flag}"
+                for flag, value in (
+                    ("workdir", self.workdir),
+                    ("config", self.config),
+                    ("weights", self.weights),
+                    ("checkpoint", self.checkpoint),
+                    ("step", self.step),
+                    ("key_map", self.key_map),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"--pretrained={self.pretrained} brings its own config and weights; "
+                    f"drop {', '.join(given)}"
+                )
+            if not self.out:
+                raise ValueError("--out is required with --pretrained (where the files go)")
+        if self.config is None and not self.workdir and not self.pretrained:
+            raise ValueError(
+                "give --workdir, --pretrained=NAME, or --config with --weights or --checkpoint"
+            )
         if not self.out and not self.workdir:
             raise ValueError("--out is required when no --workdir is given")
         if self.key_map and not self.weights:
@@ -86,18 +117,32 @@ class EvalOptions:
 def run(options: EvalOptions) -> dict[str, Any]:
     """What `evaluate.py` does: checks the options, loads the model, runs eval or predict mode."""
     options.check()
-    config = options.config
-    if config is None:
-        config = load_workdir_config(options.workdir)
-    config_validation.validate(config)
-    loaded = load_model(
-        config,
-        workdir=options.workdir,
-        checkpoint=options.checkpoint,
-        weights=options.weights,
-        step=options.step,
-        key_map=options.key_map,
-    )
+    if options.pretrained:
+        weights_path, config, _ = pretrained.resolve(options.pretrained)  # checks the SHA-256
+        config_validation.validate(config)
+        loaded = load_model(config, weights=weights_path)
+        loaded.source.update(kind="pretrained", name=options.pretrained)
+    else:
+        config = options.config
+        if config is None:
+            config = load_workdir_config(options.workdir)
+        config_validation.validate(config)
+        loaded = load_model(
+            config,
+            workdir=options.workdir,
+            checkpoint=options.checkpoint,
+            weights=options.weights,
+            step=options.step,
+            key_map=options.key_map,
+        )
+    if options.num_test is not None:
+        if config.data.name != "mmnist":
+            raise ValueError(
+                f"--num_test picks Moving MNIST test sequences; this is a {config.data.name} model"
+            )
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.data.num_test = options.num_test
+        loaded = dataclasses.replace(loaded, config=config)
     logging.info("loaded %s", loaded.source)
     if options.mode == "predict":
         return predict.predict(

@@ -91,6 +91,20 @@ def test_pip_install_runs_from_another_directory(tmp_path):
         env,
     )
     assert "float32[batch,10,64,64,1]" in out and (elsewhere / "m.stablehlo").stat().st_size > 0
+    # The shipped models are package data: loaded by name from there, digest checked.
+    from stlight_jax import pretrained
+
+    for name in pretrained.available():
+        out = _run(
+            [python, "-c", "import numpy as np, stlight_jax; "
+             f"m = stlight_jax.load({name!r}); print(m.source['path']); "
+             "print(m.predict(np.zeros((1, 10, 64, 64, 1), np.float32)).shape)"],
+            elsewhere,
+            env,
+        )  # fmt: skip
+        path, shape = out.splitlines()[-2:]
+        assert path.startswith(site.strip()) and path.endswith(f"{name}.safetensors"), path
+        assert shape == "(1, 10, 64, 64, 1)"
 
 
 def test_extras_match_their_requirements_files():

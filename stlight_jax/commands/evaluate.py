@@ -19,6 +19,11 @@ flags.DEFINE_string(
 flags.DEFINE_string(
     "key_map", None, "JSON of regex -> Figure 10 key, for --weights in another layout."
 )
+flags.DEFINE_string(
+    "pretrained",
+    None,
+    "A shipped model by name (e.g. mmnist_cpu_2h): its weights (SHA-256 checked) and config.",
+)
 flags.DEFINE_string("checkpoint", None, "Orbax checkpoints dir or converted weights checkpoint.")
 flags.DEFINE_string(
     "step",
@@ -31,6 +36,9 @@ flags.DEFINE_string("input", None, "Predict mode: .npy of observed frames or a f
 flags.DEFINE_integer("horizon", None, "Predict mode: frames to forecast (default frames_out).")
 flags.DEFINE_string(
     "out", None, "Output dir (default <workdir>/eval/<split> or <workdir>/predict)."
+)
+flags.DEFINE_integer(
+    "num_test", None, "Moving MNIST: score only the first N test sequences (default: all)."
 )
 flags.DEFINE_integer("num_samples", 4, "Sequences drawn as PNG strips and GIFs.")
 flags.DEFINE_bool("save_arrays", False, "Eval mode: also write inputs/targets/predictions .npy.")
@@ -66,6 +74,8 @@ def _main(argv):
         save_arrays=FLAGS.save_arrays,
         ssim_data_range=FLAGS.ssim_data_range,
         key_map=FLAGS.key_map,
+        pretrained=FLAGS.pretrained,
+        num_test=FLAGS.num_test,
     )
     result = evaluation.run(options)
     if jax.process_index() == 0:
