@@ -415,6 +415,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="GPU: 'default' lets both sides use TF32 for float32; 'highest' disables it",
     )
     p.add_argument("--conv-impl", default="auto", choices=["auto", "lax", "shifted"])
+    p.add_argument(
+        "--no-xla-probes",
+        dest="xla_probes",
+        action="store_false",
+        help="skip XLA's memory and cost analyses after timing (each compiles the case again)",
+    )
     p.add_argument("--torch-compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument(
         "--side",
@@ -501,9 +507,9 @@ def main(argv: list[str] | None = None) -> dict:
             c.peak_mb = peaks[c.name]
             if c.count_compiles and c.error is None:
                 c.compiles = c.count_compiles()
-            if c.xla_memory_probe and c.error is None:
+            if c.xla_memory_probe and c.error is None and args.xla_probes:
                 c.xla_memory_mb = c.xla_memory_probe()
-            if c.xla_bytes_probe and c.error is None:
+            if c.xla_bytes_probe and c.error is None and args.xla_probes:
                 c.xla_bytes_accessed = c.xla_bytes_probe()
         summaries = {c.name: c.summary() for c in cases}
         result["runs"].append({"batch": b, "cases": summaries})
