@@ -45,6 +45,8 @@ def test_bench_times_both_frameworks_and_writes_json(tmp_path, capsys):
     assert "paper_schedule_h" not in step  # only at the paper's batch of 16
     # XLA's accounting of the train step covers at least params + Adam's two moments.
     assert step["xla_memory_mb"] > cases["stlight-jax forward"]["xla_memory_mb"] > 0
+    # XLA's bytes estimate (the GPU suite's bandwidth share): the step reads and writes more.
+    assert step["xla_bytes_accessed"] > cases["stlight-jax forward"]["xla_bytes_accessed"] > 0
     table = capsys.readouterr().out
     assert "JAX speedup" in table and "torch eager train step" in table
     assert result["runs"][0]["batch"] == 2
@@ -69,6 +71,21 @@ def test_paper_schedule_time_is_reported_at_the_papers_batch():
     assert case.summary()["paper_schedule_h"] == 3.0 * 125_000 / 3600
     case.batch = 4
     assert "paper_schedule_h" not in case.summary()
+
+
+def test_bench_skips_the_xla_probes_when_asked(tmp_path):
+    """--no-xla-probes (each probe compiles the case again: 20 s for L on a GPU) leaves the
+    timings and drops only XLA's memory and bytes figures."""
+    out = tmp_path / "jax.json"
+    bench.main(
+        ["--dim", "8", "--depth", "1", "--batch", "2", "--repeats", "1", "--warmup", "0",
+         "--side", "jax", "--no-xla-probes", "--out", str(out)]
+    )  # fmt: skip
+    cases = json.loads(out.read_text())["runs"][0]["cases"]
+    assert set(cases) == {"stlight-jax forward", "stlight-jax train step"}
+    for c in cases.values():
+        assert c["median_s"] > 0
+        assert c["xla_memory_mb"] is None and c["xla_bytes_accessed"] is None
 
 
 def test_bench_side_times_one_framework_only(tmp_path):
