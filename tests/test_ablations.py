@@ -157,8 +157,15 @@ def test_init_statistics_match_torch_initialisers(init):
             assert np.array_equal(got, want), kind  # zero biases, BN scale 1, stats 0 / 1
             continue
         assert got.std() > 0, kind
-        if want.size < 100:  # the reassemble bias: compare the uniform bound
-            assert np.abs(got).max() <= np.abs(want).max() * 1.6 + 1e-6, kind
+        if want.size < 100:  # the reassemble bias: too few draws for statistics
+            # PyTorch's default bias init, U(-b, b) with b = 1/sqrt(fan_in) of its conv: every
+            # draw inside the bound, the largest of its T'*C = 10 draws above half of it (2**-10
+            # odds against, for a seed; the seeds here are fixed), and so for torch's draws.
+            weight = ref[kind.removesuffix("bias") + "weight"]
+            bound = 1 / np.sqrt(np.prod(weight.shape[1:]))
+            assert want.size >= 10, kind
+            for name, x in (("ours", got), ("torch", want)):
+                assert 0.5 * bound < np.abs(x).max() <= bound * (1 + 1e-6), (kind, name, bound)
             continue
         assert abs(got.std() / want.std() - 1) < 0.1, (kind, got.std(), want.std())
         assert abs(got.mean()) < 0.15 * want.std(), kind
