@@ -191,6 +191,62 @@ def test_kth_window_rule_split_and_cache(tmp_path):
     np.testing.assert_allclose(test[0]["inputs"][0, 0, ..., 0], want, rtol=1e-6)
 
 
+# cv2.resize(INTER_LINEAR) on a KTH frame (120 x 160 -> 128 x 128), stored from
+# opencv-python-headless 5.1.0 (Dec 2026; opencv is not a dependency; regenerate with
+# cv2.resize on the same inputs). Its weights, read by resizing one-hot rows: output
+# column 4k + r of 160 -> 128 mixes input columns 5k + r and 5k + r + 1 with ((7 - 2r) / 8,
+# (1 + 2r) / 8); output row i of 120 -> 128 is input row 0 for i = 0, row 119 for i = 127, and
+# otherwise f = (30 i - 1) / 32 split as floor(f) with weight 1 - frac(f), the next with frac(f).
+# And cv2's output for the integer pattern below at a few pixels, with its sum.
+CV2_KTH_PATTERN = {
+    (0, 0): 12.625,
+    (0, 127): 174.375,
+    (127, 0): 63.625,
+    (127, 127): 225.375,
+    (1, 1): 173.65234375,
+    (5, 9): 103.96484375,
+    (37, 64): 145.86328125,
+    (64, 37): 160.0390625,
+    (100, 3): 57.0625,
+    (126, 126): 76.80859375,
+    (63, 101): 108.0625,
+}
+CV2_KTH_PATTERN_SUM = 2088203.25
+
+
+def _cv2_weights_160_to_128() -> np.ndarray:
+    w = np.zeros((128, 160))
+    for k in range(32):
+        for r in range(4):
+            w[4 * k + r, 5 * k + r : 5 * k + r + 2] = (7 - 2 * r) / 8, (1 + 2 * r) / 8
+    return w
+
+
+def _cv2_weights_120_to_128() -> np.ndarray:
+    w = np.zeros((128, 120))
+    w[0, 0] = w[127, 119] = 1
+    for i in range(1, 127):
+        s, frac = divmod(30 * i - 1, 32)
+        w[i, s : s + 2] = 1 - frac / 32, frac / 32
+    return w
+
+
+def test_kth_resize_matches_stored_cv2_values():
+    w_cols, w_rows = _cv2_weights_160_to_128(), _cv2_weights_120_to_128()
+    assert (w_cols[:2, :3] == [[0.875, 0.125, 0], [0, 0.625, 0.375]]).all()  # as cv2 gave them
+    assert (w_rows[1, :2] == [0.09375, 0.90625]).all() and (
+        w_rows[126, 118:] == [0.90625, 0.09375]
+    ).all()
+    np.testing.assert_array_equal(kth._resize_weights(160, 128), w_cols)
+    np.testing.assert_array_equal(kth._resize_weights(120, 128), w_rows)
+    i, j = np.mgrid[:120, :160]
+    pattern = ((37 * i + 101 * j + (i * j) % 17) % 256).astype(np.float32)
+    got = kth.resize_bilinear(pattern, (128, 128))
+    for pixel, want in CV2_KTH_PATTERN.items():
+        assert got[pixel] == pytest.approx(want, abs=1e-3), pixel
+    assert got.astype(np.float64).sum() == pytest.approx(CV2_KTH_PATTERN_SUM, abs=0.5)
+
+
 def test_resize_matches_cv2_linear_convention():
     # Upsampling 2 -> 4 with half-pixel centres and clamped borders: [a, .75a+.25b, .25a+.75b, b].
     img = np.array([[0.0, 4.0]], np.float32).repeat(2, 0)
