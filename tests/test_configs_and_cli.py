@@ -15,12 +15,13 @@ from stlight_jax.models import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SPECS = [f"configs/mmnist.py:{s}" for s in ("XS", "S", "M", "L", "cpu")]
+SPECS = [f"configs/mmnist.py:{s}" for s in ("XS", "S", "M", "L", "XL", "cpu")]
 SPECS += [f"configs/taxibj.py:{s}" for s in ("S", "M", "L")]
 SPECS += [f"configs/kth.py:{s}" for s in ("S", "M", "L", "XL")] + ["configs/custom.py"]
 SPECS += [f"configs/kth40.py:{s}" for s in ("S", "M", "L", "XL")]
 SPECS += [f"configs/kitticaltech.py:{s}" for s in ("0.1M", "0.5M", "1M", "3M", "6M", "15M")]
 SPECS += ["configs/ablations.py:no_skip,XS", "configs/ablations.py:reassemble_shuffle"]
+SPECS += ["configs/ablations.py:skip_fifths,XL"]
 
 
 @pytest.mark.parametrize("spec", SPECS)
