@@ -9,8 +9,9 @@ input and target frames by the model fields.
 Each stored sequence needs at least frames_in + frames_out frames; the first frames_in are
 the input and the next frames_out the target. `data.value_range` declares the stored range,
 mapped to [0, 1]; values outside it are an error. An .npz may hold `train`, `val` and `test`
-arrays; a lone array is training data whose last `num_val` sequences are held out for
-validation (the test metrics at the end need a `test` array in an .npz). The
+arrays; without a `test` array (a lone .npy) the last `num_val` sequences are held out as
+the test set and, without a `val` array, the `num_val` before them as the validation set
+(num_val=0, or too few sequences for both, is refused before training). The
 model defaults to STLight-S-like sizes with OneCycle at lr 3e-3 for 100 epochs; adjust
 `model.dim`/`model.depth` to your data. Expected results depend on the data.
 """

@@ -189,13 +189,18 @@ def load_input(path: str, cfg: ModelConfig) -> tuple[np.ndarray, dict[str, Any]]
         return x, notes
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: --input is an empty file (0 bytes)")
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: cannot read as .npy ({e})") from e
     if not isinstance(arr, np.ndarray):
         raise ValueError(f"{path}: expected a .npy array, got {type(arr).__name__}")
-    x, notes = prepare_input(arr, cfg)
+    try:
+        x, notes = prepare_input(arr, cfg)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     notes["input_format"] = "npy"
     return x, notes
 

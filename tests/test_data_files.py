@@ -101,23 +101,27 @@ def test_custom_arrays_layouts_range_and_sharding(tmp_path):
         batch_size=4,
         num_val=2,
     )
-    assert data.steps_per_epoch(c) == 3
+    # A lone array: rows 0-9 train, 10-11 validation, 12-13 test (num_val=2 each).
+    assert data.steps_per_epoch(c) == 2
     shards = [data.create_train_iterator(c, p, 2) for p in range(2)]
     whole = data.create_train_iterator(c)
     for _epoch in range(2):
         ids = []
-        for _ in range(3):
+        for _ in range(2):
             g = next(whole)
             parts = [next(s) for s in shards]
             assert g["inputs"].shape == (4, 2, 8, 8, 1) and g["targets"].shape == (4, 3, 8, 8, 1)
             np.testing.assert_array_equal(np.concatenate([p["inputs"] for p in parts]), g["inputs"])
             ids += np.rint(g["inputs"][:, 0, 0, 0, 0] * 20).astype(int).tolist()
-        assert len(set(ids)) == 12 and set(ids) <= set(range(12))  # never the held-out 12, 13
-    np.testing.assert_allclose(
-        next(iter(data.create_eval_iterator(c, "val")))["inputs"][1], 13 / 20
+        assert len(set(ids)) == 8 and set(ids) <= set(range(10))  # never the held-out 10-13
+    val = next(iter(data.create_eval_iterator(c, "val")))
+    np.testing.assert_allclose(val["inputs"][:2, 0, 0, 0, 0], [10 / 20, 11 / 20])
+    test = next(iter(data.create_eval_iterator(c, "test")))
+    np.testing.assert_allclose(test["inputs"][:2, 0, 0, 0, 0], [12 / 20, 13 / 20])
+    assert test["mask"].tolist() == [1, 1, 0, 0]
+    assert "(train rows 12-13); test = last 2 training samples, held out" in (
+        data.describe_source(c, "test")
     )
-    with pytest.raises(ValueError, match="no test samples; put a 'test' array"):
-        data.create_eval_iterator(c, "test")
     for it in (whole, *shards):
         it.close()
 
@@ -291,3 +295,58 @@ def test_kth_10_to_40_uses_50_frame_windows_and_the_same_split(tmp_path):
     assert b["inputs"].shape == (4, 10, 8, 8, 1) and b["targets"].shape == (4, 40, 8, 8, 1)
     test = list(data.create_eval_iterator(c, "test"))
     assert sum(x["mask"].sum() for x in test) == 2 + 19
+
+
+def test_degenerate_data_files_are_refused_in_one_line_naming_the_file(tmp_path):
+    """Issue 22: a zero-byte file, a directory, complex values: each one line naming the file,
+    raised while the dataset is opened (before any training)."""
+    c = _config(tmp_path, "custom", tmp_path / "x.npy", frames=(2, 2), size=(8, 8), channels=1)
+    cases = []
+    (tmp_path / "empty.npy").write_bytes(b"")
+    cases.append(("custom", "empty.npy", r"empty.npy: config.data.path is an empty file \(0 b"))
+    (tmp_path / "empty.npz").write_bytes(b"")
+    cases.append(("taxibj", "empty.npz", r"empty.npz: config.data.path is an empty file"))
+    (tmp_path / "adir.npy").mkdir()
+    cases.append(("custom", "adir.npy", r"adir.npy: config.data.path is a directory"))
+    cases.append(("taxibj", "adir.npy", r"adir.npy: config.data.path is a directory"))
+    np.save(tmp_path / "complex.npy", np.full((9, 4, 8, 8, 1), 0.5 + 0.25j, np.complex64))
+    cases.append(("custom", "complex.npy", r"complex.npy: holds complex numbers \(dtype compl"))
+    z = np.zeros((9, 4, 8, 8, 1))
+    np.savez(tmp_path / "complex.npz", train=z, test=z[:2].astype(np.complex128))
+    cases.append(("custom", "complex.npz", r"complex.npz: test: holds complex numbers"))
+    arrays = {f"{xy}_{s}": np.zeros((3, 4, 2, 32, 32)) for s in ("train", "test") for xy in "XY"}
+    arrays["Y_test"] = arrays["Y_test"] + 0j
+    np.savez(tmp_path / "taxibj.npz", **arrays)
+    cases.append(("taxibj", "taxibj.npz", r"taxibj.npz: Y_test: holds complex numbers"))
+    (tmp_path / "trunc.npy").write_bytes(b"\x93NUMPY\x01")
+    cases.append(("custom", "trunc.npy", r"trunc.npy: cannot read"))
+    for name, file, pattern in cases:
+        c.data.name, c.data.path = name, str(tmp_path / file)
+        if name == "taxibj":
+            c.model.image_size, c.model.channels = (32, 32), 2
+        else:
+            c.model.image_size, c.model.channels = (8, 8), 1
+        with pytest.raises(ValueError, match=pattern) as err:
+            data.steps_per_epoch(c)
+        assert "\n" not in str(err.value), file
+
+
+def test_lone_array_holds_out_a_test_set_or_is_refused_before_training(tmp_path):
+    """A lone .npy (configs/custom.py's usage) has a test set for training's final test pass:
+    its last num_val samples; too few samples, or num_val=0, are refused when it is opened."""
+    np.save(tmp_path / "x.npy", np.zeros((9, 4, 8, 8, 1), np.float32))
+    c = _config(tmp_path, "custom", tmp_path / "x.npy", frames=(2, 2), size=(8, 8), channels=1)
+    c.data.num_val = 2
+    assert data.get_dataset(c).eval_size("test") == 2
+    assert data.get_dataset(c).eval_size("val") == 2 and data.steps_per_epoch(c) == 1
+    c.data.num_val = 0
+    with pytest.raises(ValueError, match=r"x.npy: no test array, and config.data.num_val=0"):
+        data.steps_per_epoch(c)
+    c.data.num_val = 5
+    with pytest.raises(ValueError, match=r"num_val=5 leaves no training samples out of 9"):
+        data.steps_per_epoch(c)
+    # An .npz of train and val: the test set is the last num_val training samples.
+    np.savez(tmp_path / "tv.npz", train=np.zeros((9, 4, 8, 8, 1)), val=np.ones((3, 4, 8, 8, 1)))
+    c.data.path, c.data.num_val = str(tmp_path / "tv.npz"), 4
+    ds = data.get_dataset(c)
+    assert (ds.train_size, ds.eval_size("val"), ds.eval_size("test")) == (5, 3, 4)

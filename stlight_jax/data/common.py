@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -29,6 +30,26 @@ class Dataset:
 
     def describe(self, split: str) -> str:
         raise NotImplementedError
+
+
+def check_data_file(path: str, what: str = "config.data.path") -> None:
+    """ValueError naming `path` when it cannot be a data file: missing, a directory, or empty
+    (numpy's own errors for the last two are a traceback-worthy EOFError or a misleading
+    "does not exist")."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: {what} is a directory; expected a file")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: {what} does not exist")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: {what} is an empty file (0 bytes)")
+
+
+def check_real(dtype: np.dtype, where: str) -> None:
+    """Complex frames would lose their imaginary part silently on the cast to float32."""
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(
+            f"{where}: holds complex numbers (dtype {dtype}); frames must be real-valued"
+        )
 
 
 def check_patch(config, image_size: tuple[int, int], where: str) -> None:
@@ -65,6 +86,7 @@ def check_range(
 ) -> None:
     """Scans `arr` (possibly memory-mapped) in chunks; ValueError naming the first NaN/Inf (its
     index and, when `where` does not say it, the split `part`), or if a value leaves [lo, hi]."""
+    check_real(arr.dtype, where)
     amin, amax = np.inf, -np.inf
     for s in range(0, len(arr), chunk):
         part_chunk = np.asarray(arr[s : s + chunk])

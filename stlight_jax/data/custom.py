@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import zipfile
 
 import numpy as np
@@ -11,8 +10,7 @@ from stlight_jax.data import common
 
 
 def _open(path: str) -> dict[str, np.ndarray]:
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: config.data.path does not exist")
+    common.check_data_file(path)
     try:
         if path.endswith(".npy"):
             return {"train": np.load(path, mmap_mode="r", allow_pickle=False)}
@@ -28,7 +26,7 @@ def _open(path: str) -> dict[str, np.ndarray]:
                         f"found {sorted(files)}"
                     )
                 return {k: z[k] for k in files}
-    except (OSError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: cannot read ({e})") from e
     except ValueError as e:
         if str(e).startswith(path):
@@ -40,8 +38,9 @@ def _open(path: str) -> dict[str, np.ndarray]:
 class CustomArrays(common.ArrayDataset):
     """Samples' first frames_in frames are inputs and the next frames_out the targets.
 
-    A lone array is the training part; its last num_val samples are held out for validation,
-    and evaluation on 'test' needs a `test` array in an .npz.
+    Without a stored `test` array (a lone .npy, or an .npz of `train` and maybe `val`), the
+    last num_val training samples are held out as the test set and, without a stored `val`,
+    the num_val before them as the validation set, so training's final test pass has data.
     """
 
     def __init__(self, config):
@@ -65,6 +64,7 @@ class CustomArrays(common.ArrayDataset):
                 )
             if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
                 raise ValueError(f"{where} has non-numeric dtype {a.dtype}")
+            common.check_real(a.dtype, where)
             if d.layout == "NTHWC":
                 size, ch = a.shape[2:4], a.shape[4]
             else:
@@ -75,16 +75,47 @@ class CustomArrays(common.ArrayDataset):
             part = "" if len(self._arrays) > 1 else f"{k} part,"
             common.check_range(a, lo, hi, f"{where} (config.data.value_range)", part=part)
         parts = {k: len(a) for k, a in self._arrays.items()}
+        self._held_out_test = 0
         if "test" not in parts:
+            self._held_out_test = self._check_held_out(config, path, parts)
+            parts["train"] -= self._held_out_test  # the base class cuts val from the rest
             parts["test"] = 0
         super().__init__(config, parts, "custom arrays", path)
+        if self._held_out_test:
+            n = len(self._arrays["train"])
+            self._rows["test"] = ("train", n - self._held_out_test, n)
+
+    @staticmethod
+    def _check_held_out(config, path: str, parts: dict[str, int]) -> int:
+        """The number of training samples held out as the test set (no stored `test`)."""
+        n_val, n = int(config.data.num_val), parts["train"]
+        if n_val <= 0:
+            raise ValueError(
+                f"{path}: no test array, and config.data.num_val={n_val} holds no samples out "
+                "for testing; set num_val > 0 (the last num_val samples become the test set) "
+                "or save an .npz with train and test arrays"
+            )
+        held = n_val if "val" in parts else 2 * n_val
+        if held >= n:
+            what = "test" if "val" in parts else "test and the num_val before them validation"
+            raise ValueError(
+                f"{path}: config.data.num_val={n_val} leaves no training samples out of {n} "
+                f"(the last num_val samples are {what}); lower num_val or add samples"
+            )
+        return n_val
+
+    def describe(self, split: str) -> str:
+        text = super().describe(split)
+        if split == "test" and self._held_out_test:
+            text += f"; test = last {self._held_out_test} training samples, held out"
+        return text
 
     def eval_size(self, split: str) -> int:
         n = super().eval_size(split)
         if n == 0:
             raise ValueError(
-                f"{self.where}: no {split} samples; put a 'test' array in an .npz (or set "
-                "config.data.num_val > 0 to hold out training samples for validation)"
+                f"{self.where}: no {split} samples; store a non-empty {split!r} array in an "
+                ".npz (or drop it: then num_val training samples are held out for it)"
             )
         return n
 

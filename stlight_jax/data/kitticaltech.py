@@ -104,11 +104,12 @@ class _HklFrames:
 
 
 def _load_npy(path: str) -> np.ndarray:
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ValueError(f"{path}: file not found under config.data.path")
+    common.check_data_file(path, "a file under config.data.path")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: cannot read as .npy ({e})") from e
 
 

@@ -214,11 +214,10 @@ class MovingMNIST(common.Dataset):
 def load_test_file(path: str, config) -> np.ndarray:
     """Opens mnist_test_seq.npy ((T, N, H, W) uint8) and checks it against config.model."""
     _check_model_shape(config, path)
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: config.data.test_file does not exist")
+    common.check_data_file(path, "config.data.test_file")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: cannot read as .npy ({e})") from e
     return check_test_array(arr, path, config)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import zipfile
 
 import numpy as np
@@ -19,13 +18,12 @@ class TaxiBJ(common.ArrayDataset):
         path = config.data.path
         if not path:
             raise ValueError("TaxiBJ needs config.data.path (OpenSTL's dataset.npz)")
-        if not os.path.isfile(path):
-            raise ValueError(f"{path}: config.data.path does not exist")
+        common.check_data_file(path)
         try:
             with np.load(path, allow_pickle=False) as z:
                 self._arrays = {k: z[k] for k in z.files if k in _KEYS}
                 found = sorted(z.files)
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: cannot read as .npz ({e})") from e
         missing = [k for k in _KEYS if k not in self._arrays]
         if missing:
