@@ -189,6 +189,48 @@ def test_cosine_per_epoch_matches_timm_formula(warmup_epochs, num_epochs, steps_
     np.testing.assert_array_equal(b1_fn(ks), np.full(total, config.optimizer.b1))
 
 
+# timm 1.0.31's CosineLRScheduler(t_initial=20, lr_min=1e-6, warmup_lr_init=1e-5, warmup_t=3) on
+# Adam(lr=3e-3), stepped with sched.step(epoch) for epochs 0-21 (stored Dec 2026 from timm's own
+# scheduler files; timm is not a dependency): the lr of each epoch, past the end included.
+TIMM_COSINE_LR = [
+    1e-05,
+    0.0010066666666666668,
+    0.0020033333333333335,
+    0.0028365642830204575,
+    0.0027136209830652337,
+    0.002560806618389228,
+    0.0023818839858125635,
+    0.0021812587543594505,
+    0.0019638709830652338,
+    0.0017350734803278263,
+    0.0015004999999999999,
+    0.0012659265196721741,
+    0.0010371290169347664,
+    0.0008197412456405497,
+    0.0006191160141874367,
+    0.0004401933816107721,
+    0.00028737901693476646,
+    0.0001644357169795425,
+    7.439075381541727e-05,
+    1.946133327759108e-05,
+    1e-06,
+    1e-06,
+]
+
+
+def test_cosine_per_epoch_matches_stored_timm_values():
+    config = _config("cosine", learning_rate=3e-3, min_lr=1e-6, warmup_lr=1e-5)
+    config.optimizer.warmup_epochs = 3
+    config.num_epochs = 20
+    steps_per_epoch = 4
+    lr_fn = schedules.create_schedules(config, steps_per_epoch).lr
+    got = lr_fn(np.arange(22 * steps_per_epoch)).reshape(22, steps_per_epoch)
+    np.testing.assert_allclose(got, np.repeat(np.array(TIMM_COSINE_LR)[:, None], 4, 1), rtol=1e-13)
+    assert all(
+        _timm_cosine_get_lr(e, 20, 3e-3, 1e-6, 3, 1e-5) == v for e, v in enumerate(TIMM_COSINE_LR)
+    )
+
+
 def test_cosine_per_epoch_matches_timm_itself():
     timm_cosine = pytest.importorskip(
         "timm.scheduler.cosine_lr", reason="timm is not installed; its formula is tested above"
