@@ -19,7 +19,7 @@ the last input frame", both reported by the run itself.
 `:cpu_2h` is the model shipped as `pretrained/mmnist_cpu_2h` (`stlight_jax.load(
 "mmnist_cpu_2h")`, `evaluate.py --pretrained=mmnist_cpu_2h --out=DIR`): dim 320, depth 12,
 patch 4 (1,530,770 parameters, 6.1 MB in float32); batch 8, OneCycle peak lr 3e-3, 10 epochs
-of 6,000 fresh sequences (7,500 steps), 500 validation sequences. Trained on the 2-core AMD
+of 4,500 fresh sequences (5,625 steps), 500 validation sequences. Trained on the 2-core AMD
 EPYC VM (no GPU; shared with other short jobs) with
 
     nohup nice -n 5 python train.py --config=configs/mmnist.py:cpu_2h \
@@ -32,9 +32,10 @@ runs side by side, the 2.1M-parameter dim 384 depth 12 model learned more per se
 the 0.7M dim 256 depth 8 one (train loss 0.038 vs 0.047 after 1,600 sequences) while the
 latter was ahead at equal time early on; the quick start's 36k-parameter model is still near
 test MSE 100 (SSIM 0.68) after 15,000 steps. dim 320 depth 12 at batch 8 (0.63 s a step
-with other jobs running) is between them. Epochs of 8,000 sequences were tried first: the
-run trained at 10.3 sequences/s (data pipeline and other jobs included), an ETA of 2 h 6 min,
-so it was stopped at step 390 (5.5 minutes) and restarted with 6,000.
+with other jobs running) is between them. Two earlier starts were abandoned: epochs of
+8,000 sequences trained at 10.3 sequences/s (an ETA of 2 h 6 min; stopped at step 390 after
+5.5 minutes), and epochs of 6,000 ran 18 minutes (step 1,000) before the process was lost,
+at 8 sequences/s while other jobs shared the CPU (ETA 1 h 46 min); 4,500 fits the cap.
 Result: RESULT_PENDING
 """
 
@@ -74,7 +75,7 @@ def get_config(arg: str | None = None):
         config.model.update(model_fields(PAPER_SIZES["mmnist_S"][0], dim=320, depth=12, patch=4))
         config.optimizer.learning_rate = 3e-3
         config.data.batch_size = 8
-        config.data.num_train = 6_000
+        config.data.num_train = 4_500
         config.data.num_val = 500
         config.data.eval_batch_size = 50
         config.num_epochs = 10

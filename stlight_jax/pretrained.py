@@ -160,6 +160,7 @@ def ship(
     command: str,
     hardware: str,
     wall_seconds: float,
+    note: str = "",
     out_dir: str | None = None,
 ) -> dict[str, Any]:
     """Writes `<name>.safetensors`, `<name>.json` and `<name>.metrics.jsonl` from a finished
@@ -210,6 +211,7 @@ def ship(
             "command": command,
             "hardware": hardware,
             "wall_seconds": wall_seconds,
+            "wall_note": note,
             "train_seconds": test["train_seconds"],
             "steps": steps,
             "checkpoint_step": test["checkpoint_step"],
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--train_command", required=True, help="the command that trained it")
     s.add_argument("--hardware", required=True)
     s.add_argument("--wall_seconds", type=float, required=True, help="the run's wall time")
+    s.add_argument("--note", default="", help="what the wall time covers, in words")
     s.add_argument("--out_dir", default=None, help="default: the package's pretrained/")
     args = parser.parse_args(argv)
     with cli_errors.user_errors_reported(parser.prog, cli_errors.verbose_requested([])):
@@ -271,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
             command=args.train_command,
             hardware=args.hardware,
             wall_seconds=args.wall_seconds,
+            note=args.note,
             out_dir=args.out_dir,
         )
         print(json.dumps(record["test"]["metrics"]["model"]))
