@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -172,6 +173,12 @@ def ship(
     from stlight_jax.model_size import model_size
     from stlight_jax.writers import to_json
 
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(
+            f"--name={name!r}: use letters, digits, '_' and '-' (it is loaded by name)"
+        )
+    if not os.path.isfile(os.path.join(workdir, "test_metrics.json")):
+        raise ValueError(f"{workdir} has no test_metrics.json: ship a run that finished training")
     out_dir = out_dir or pretrained_dir()
     os.makedirs(out_dir, exist_ok=True)
     config = config_io.load_workdir_config(workdir)

@@ -160,3 +160,12 @@ def test_evaluate_pretrained_command(tmp_path):
     for f in ("metrics_vs_lead_time.png", "sample_0.png", "sample_0.gif"):
         assert (out / f).stat().st_size > 0, f
     assert "predictor" in proc.stdout and NAMES[0] in proc.stdout
+
+
+def test_ship_refuses_bad_inputs(tmp_path):
+    kwargs = dict(command="c", hardware="h", wall_seconds=1.0, out_dir=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="--name='a/b'"):
+        pretrained.ship(str(tmp_path), "a/b", **kwargs)
+    with pytest.raises(ValueError, match="has no test_metrics.json"):
+        pretrained.ship(str(tmp_path), "ok_name", **kwargs)  # not a finished run
+    assert not (tmp_path / "out").exists()
