@@ -3,6 +3,9 @@
     python train.py --config=configs/kitticaltech.py:1M --workdir=runs/kitticaltech_1m \
         --config.data.path=/path/to/data  # holds kitti_hkl/ + caltech/, or kitticaltech_npy/
 
+`caltech/` holds OpenSTL's data_cache.npy + indices_cache.npy or Caltech's own set*/V*.seq
+videos (decoded and prepared here, in RGB; see stlight_jax/data/kitticaltech.py).
+
 Trains on KITTI windows (never crossing a recording) and tests on Caltech Pedestrian, the
 paper's domain-generalisation experiment (section 4.4.1, Figure 4). Training follows Table 2:
 Adam, lr 1e-2, OneCycle (final_div 3000, beta1 cycled), batch 8, 100 epochs. Validation is
