@@ -17,25 +17,26 @@ and the README's Results section gives its test metrics next to "predict zeros" 
 the last input frame", both reported by the run itself.
 
 `:cpu_2h` is the model shipped as `pretrained/mmnist_cpu_2h` (`stlight_jax.load(
-"mmnist_cpu_2h")`, `evaluate.py --pretrained=mmnist_cpu_2h --out=DIR`): dim 320, depth 12,
-patch 4 (1,530,770 parameters, 6.1 MB in float32); batch 8, OneCycle peak lr 3e-3, 10 epochs
-of 4,500 fresh sequences (5,625 steps), 500 validation sequences. Trained on the 2-core AMD
-EPYC VM (no GPU; shared with other short jobs) with
+"mmnist_cpu_2h")`, `evaluate.py --pretrained=mmnist_cpu_2h --out=DIR`): dim 256, depth 12,
+patch 4 (1,028,010 parameters, 4.1 MB in float32); batch 8, OneCycle peak lr 3e-3, 10 epochs
+of 5,000 fresh sequences (6,250 steps), 500 validation sequences. Trained on a 2-core VM
+(Intel Xeon, 24 GB, no GPU), shared with other jobs, with
 
-    nohup nice -n 5 python train.py --config=configs/mmnist.py:cpu_2h \
+    setsid nohup nice -n 5 python train.py --config=configs/mmnist.py:cpu_2h \
         --workdir=runs/mmnist_cpu_2h > runs/mmnist_cpu_2h.log 2>&1 &
 
-(rerunning it resumes). Chosen by measurement under the issue's 2-hour cap: train-step times
-on that VM at batch 16 (patch 4): dim 256 depth 8 0.39 s, dim 384 depth 12 0.93 s, dim 512
-depth 8 0.99 s, dim 256 depth 16 0.73 s; patch 2 dim 192 depth 8 1.12 s; and in 6-minute
-runs side by side, the 2.1M-parameter dim 384 depth 12 model learned more per sequence than
-the 0.7M dim 256 depth 8 one (train loss 0.038 vs 0.047 after 1,600 sequences) while the
-latter was ahead at equal time early on; the quick start's 36k-parameter model is still near
-test MSE 100 (SSIM 0.68) after 15,000 steps. dim 320 depth 12 at batch 8 (0.63 s a step
-with other jobs running) is between them. Two earlier starts were abandoned: epochs of
-8,000 sequences trained at 10.3 sequences/s (an ETA of 2 h 6 min; stopped at step 390 after
-5.5 minutes), and epochs of 6,000 ran 18 minutes (step 1,000) before the process was lost,
-at 8 sequences/s while other jobs shared the CPU (ETA 1 h 46 min); 4,500 fits the cap.
+(rerunning it resumes). Chosen by measurement under the issue's 2-hour cap. Train-step times
+on the VM at batch 16, patch 4, alone: dim 256 depth 8 0.39 s, dim 256 depth 16 0.73 s,
+dim 384 depth 12 0.93 s, dim 512 depth 8 0.99 s; patch 2 (dim 192 depth 8) 1.12 s. In
+6-minute runs side by side, the 0.7M-parameter dim 256 depth 8 model (lr 5e-3) was ahead at
+equal time (validation MSE 137 after 4,000 sequences vs 166 after 1,000 for the 2.1M dim 384
+depth 12 one), which learned more per sequence (train loss 0.038 vs 0.047 after 1,600); the
+quick start's 36k-parameter model is still near test MSE 100 (SSIM 0.68) after 15,000 steps.
+Three starts with a bigger model were abandoned: dim 320 depth 12 (1.53M) at batch 8 trained
+at 10-13 sequences/s alone, too slow for epochs of 8,000 (ETA 2 h 6 min, stopped after 5.5
+minutes) and, once other test suites shared the CPU (3-8 sequences/s), for 6,000 (18 minutes,
+then the process was lost) or 4,500 (ETA 4 h, stopped after 7 minutes). dim 256 depth 12
+(between the two measured depths) and 50,000 sequences fit the cap on the shared machine.
 Result: RESULT_PENDING
 """
 
@@ -72,10 +73,10 @@ def get_config(arg: str | None = None):
         config.num_epochs = 10
         config.log_every_steps = 100
     elif size == "cpu_2h":
-        config.model.update(model_fields(PAPER_SIZES["mmnist_S"][0], dim=320, depth=12, patch=4))
+        config.model.update(model_fields(PAPER_SIZES["mmnist_S"][0], dim=256, depth=12, patch=4))
         config.optimizer.learning_rate = 3e-3
         config.data.batch_size = 8
-        config.data.num_train = 4_500
+        config.data.num_train = 5_000
         config.data.num_val = 500
         config.data.eval_batch_size = 50
         config.num_epochs = 10
