@@ -65,19 +65,62 @@ def test_half_precision_weights_import_as_float32(config, tmp_path, dtype):
     convert.load_into_model(model, convert.load_state_dict_file(path), source=path)
     assert _floating_dtypes(nnx.state(model, nnx.Param)) == {np.dtype(np.float32)}
     assert _floating_dtypes(nnx.state(model, nnx.BatchStat)) == {np.dtype(np.float32)}
+    # The values too: each the file's half-precision value, exactly, in float32.
+    half = _half_state_dict(config, dtype)
+    got = convert.model_state_dict(model)
+    assert got.keys() == half.keys()
+    for key, value in half.items():
+        np.testing.assert_array_equal(got[key], value.astype(got[key].dtype), err_msg=key)
+        assert value.dtype == dtype or not np.issubdtype(value.dtype, np.floating), key
+
+
+def _first_step_loss(config, init_from: str | None) -> float:
+    """The loss of train.py's first step from `init_from`'s weights (None: a fresh init),
+    computed here with the same train step on the same first batch."""
+    from stlight_jax import optim, schedules, sharding, steps, weights
+
+    scheds = schedules.create_schedules(config, data.steps_per_epoch(config))
+    tx = optim.create_optimizer(config, scheds)
+    graphdef, state = steps.create_train_state(config, tx)
+    if init_from:
+        params, stats, _ = weights.load_init_from(
+            init_from, graphdef, state["params"], state["batch_stats"]
+        )
+        state = {**state, "params": params, "batch_stats": stats, "opt_state": tx.init(params)}
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    step = steps.create_train_step(graphdef, tx, scheds.lr, mesh)
+    it = data.create_train_iterator(config)
+    _, metrics = step(jax.device_put(state), sharding.global_batch(next(it), mesh))
+    it.close()
+    return float(metrics["loss"])
 
 
 def test_bfloat16_init_from_trains_in_float32_and_resumes(config, tmp_path):
-    """init_from a bfloat16 .safetensors: params, BN stats and Adam state are float32, so the
-    next rerun restores the checkpoint instead of setting it aside and starting over."""
+    """train.py --config.init_from= a bfloat16 .safetensors: training starts from those
+    weights (its first loss is theirs, not a fresh init's); params, BN stats and Adam state
+    are float32, so the next rerun restores the checkpoint instead of starting over."""
     from safetensors.numpy import save_file
+
+    from tests.test_train import run_cli
 
     weights = str(tmp_path / "half.safetensors")
     save_file(_half_state_dict(config, ml_dtypes.bfloat16), weights)
     workdir = str(tmp_path / "run")
+    args = [
+        f"--config=tests/tiny_config.py:{config.data.path}",
+        f"--workdir={workdir}",
+        f"--config.init_from={weights}",
+        "--config.num_epochs=1",
+    ]
+    proc = run_cli(args, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Initialised from PyTorch weights {weights}" in proc.stderr, proc.stderr[-3000:]
+    first = next(r["train_loss"] for r in read_jsonl(workdir) if "train_loss" in r)
+    imported, fresh = _first_step_loss(config, weights), _first_step_loss(config, None)
+    assert first == pytest.approx(imported, rel=1e-6)
+    assert abs(first - fresh) > 1e-3 * fresh, (first, fresh)
     config.init_from = weights
     config.num_epochs = 1
-    train.train_and_evaluate(config, workdir)
 
     manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
     restored = checkpoint.restore_latest_readable(manager, abstract_state(config))
@@ -85,11 +128,12 @@ def test_bfloat16_init_from_trains_in_float32_and_resumes(config, tmp_path):
     assert restored is not None and restored[0] == 4
     assert _floating_dtypes(restored[1]) == {np.dtype(np.float32)}
 
-    config.num_epochs = 2
+    # The same command again (the same experiment): it restores step 4 rather than setting it
+    # aside and training from init_from again.
     train.train_and_evaluate(config, workdir)
     records = read_jsonl(workdir)
     assert {"step": 4, "resumed_from_step": 4} in records
-    assert train_steps(records) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert train_steps(records) == [1, 2, 3, 4]
     assert not os.path.exists(os.path.join(workdir, checkpoint.UNREADABLE_DIR))
 
 
