@@ -40,16 +40,25 @@ def get_config(arg=None):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    """A random-weight model saved as safetensors, with its config file."""
+    """A random-weight model saved as safetensors, with its config file: every floating
+    tensor random, so an export that drops or resets any of them (conv biases, BatchNorm
+    scale and shift, running statistics) changes the outputs."""
     root = tmp_path_factory.mktemp("api")
     model = create_model(CFG, seed=11)
-    state = convert.model_state_dict(model)
+    init = convert.model_state_dict(model)
+    state = {}
     rng = np.random.default_rng(1)
-    for k, v in state.items():  # BatchNorm statistics away from their defaults
-        if k.endswith("running_mean"):
-            state[k] = (0.1 * rng.standard_normal(v.shape)).astype(v.dtype)
+    for k, v in init.items():
+        if not np.issubdtype(v.dtype, np.floating):
+            state[k] = v  # num_batches_tracked
         elif k.endswith("running_var"):
             state[k] = (0.5 + rng.random(v.shape)).astype(v.dtype)
+        elif k.endswith(".weight") and v.ndim == 1:
+            state[k] = (1 + 0.3 * rng.standard_normal(v.shape)).astype(v.dtype)  # BN scale
+        else:  # kernels, conv biases, BN shifts and running means
+            state[k] = (v + 0.1 * rng.standard_normal(v.shape)).astype(v.dtype)
+    floating = [k for k, v in state.items() if np.issubdtype(v.dtype, np.floating)]
+    assert all(not np.array_equal(state[k], init[k]) for k in floating)
     convert.save_state_dict_file(state, str(root / "w.safetensors"))
     (root / "config.py").write_text(CONFIG_PY)
     return str(root / "w.safetensors"), str(root / "config.py")
