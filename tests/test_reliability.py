@@ -212,6 +212,26 @@ def test_impossible_settings_are_refused_before_any_work(config, tmp_path, field
     assert not workdir.exists()  # refused before the workdir, data or compilation
 
 
+def test_several_bad_fields_are_all_named_in_one_line(config, tmp_path):
+    config.optimizer.learning_rate = -0.01
+    config.data.batch_size = 0
+    config.num_epochs = 0
+    config.optimizer.schedule = "linear"
+    workdir = tmp_path / "run"
+    with pytest.raises(config_validation.ConfigError) as err:
+        train.train_and_evaluate(config, str(workdir))
+    msg = str(err.value)
+    for bad in (
+        "config.optimizer.learning_rate=-0.01: must be a finite number > 0",
+        "config.data.batch_size=0: must be >= 1",
+        "config.num_epochs=0: must be >= 1",
+        "config.optimizer.schedule='linear': must be one of ['onecycle', 'cosine']",
+    ):
+        assert bad in msg, msg
+    assert "\n" not in msg and msg.count("; ") >= 3
+    assert not workdir.exists()
+
+
 def test_misspelled_key_in_a_config_names_the_closest_known_key(config, tmp_path):
     config.optimizer.learnig_rate = 1e-3  # a config file's typo adds a field silently
     with pytest.raises(
@@ -286,6 +306,17 @@ def test_train_cli_user_errors_are_one_line_exit_2(config, tmp_path):
         "train.py",
         "config.data.batch_size=0: must be >= 1",
     )
+    # A flag value that does not parse, in a config override and in a plain flag.
+    assert_one_line_error(
+        _run(["train.py"], *base, "--config.num_epochs=ten"),
+        "train.py",
+        "flag --config.num_epochs=ten: invalid literal for int()",
+    )
+    assert_one_line_error(
+        _run(["train.py"], *base, "--num_processes=two"),
+        "train.py",
+        "flag --num_processes=two: invalid literal for int()",
+    )
     # Asked for, the traceback is there (flag or environment variable).
     for extra, env in ((["--verbose_errors"], None), ([], {cli_errors.VERBOSE_ENV: "1"})):
         proc = _run(["train.py"], *base, "--config.data.batch_size=0", *extra, env=env)
@@ -307,6 +338,17 @@ def test_convert_and_evaluate_cli_bad_files_are_one_line_exit_2(config, tmp_path
     )
     proc = _run(convert_cli, *imp, "--verbose_errors")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+    # A damaged, non-empty one: the second half of a real weights file cut off.
+    cut = tmp_path / "cut.safetensors"
+    save_file(_half_state_dict(config, np.float32), str(cut))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    imp_cut = ["import", f"--weights={cut}", f"--config={cfg}", f"--out={tmp_path}/ckpt"]
+    assert_one_line_error(
+        _run(convert_cli, *imp_cut),
+        "python -m stlight_jax.convert",
+        f"cannot read {str(cut)!r} as .safetensors",
+        "file not fully covered",
+    )
 
     # Predict mode on a folder holding a damaged PNG.
     weights = str(tmp_path / "w.safetensors")
@@ -702,6 +744,30 @@ def test_empty_weights_files_say_why_they_cannot_be_read(tmp_path):
             convert.load_state_dict_file(str(path))
         msg = str(err.value)
         assert f"cannot read {str(path)!r} as {kind}: the file is empty (0 bytes;" in msg
+        assert "\n" not in msg
+
+
+def test_damaged_weights_files_say_why_they_cannot_be_read(config, tmp_path):
+    """Non-empty but damaged .safetensors: cut short, a garbled header, not one at all."""
+    from safetensors.numpy import save_file
+
+    good = tmp_path / "good.safetensors"
+    save_file(_half_state_dict(config, np.float32), str(good))
+    raw = good.read_bytes()
+    garbled = bytearray(raw)
+    garbled[8:40] = bytes(32)  # the JSON header's first bytes
+    damaged = {
+        "cut.safetensors": (raw[: len(raw) // 2], "file not fully covered"),
+        "garbled.safetensors": (bytes(garbled), "invalid JSON in header"),
+        "text.safetensors": (b"not weights " * 40, "header too large"),
+    }
+    for name, (content, reason) in damaged.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError) as err:
+            convert.load_state_dict_file(str(path))
+        msg = str(err.value)
+        assert f"cannot read {str(path)!r} as .safetensors:" in msg and reason in msg, msg
         assert "\n" not in msg
 
 
