@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import hashlib
 import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -130,11 +132,76 @@ def create_manager(directory: str, keep_latest: int = 2, read_only: bool = False
         best_mode="min",
         create=not read_only,
         read_only=read_only,
+        save_interval_steps=0 if read_only else 1,  # Orbax warns when it has to set this
         enable_async_checkpointing=False,
     )
-    return ocp.CheckpointManager(
-        os.path.abspath(directory), options=options, item_names=("state", "data")
-    )
+    directory = os.path.abspath(directory)
+    if not read_only:
+        os.makedirs(directory, exist_ok=True)  # before an alias (below) can point at it
+    with _orbax_notes_dropped():
+        manager = ocp.CheckpointManager(
+            _orbax_path(directory), options=options, item_names=("state", "data")
+        )
+    manager.stlight_directory = directory  # what messages name (`manager_directory`)
+    return manager
+
+
+# Characters of a path that Orbax and TensorStore do not take literally: Orbax finds the
+# per-process OCDBT files to merge with `epath.Path.glob`, which globs the whole path (so
+# `[`, `]`, `*`, `?` in a directory name are patterns), and TensorStore's file driver reads
+# a backslash as a separator (the arrays of `runs/a\b` went to `runs/a/b`).
+_NOT_LITERAL_TO_ORBAX = frozenset("[]*?\\")
+
+
+def _orbax_path(directory: str) -> str:
+    """The path Orbax is given for `directory`: itself, unless it holds a character Orbax or
+    TensorStore does not take literally; then a symlink to it named by the path's SHA-256,
+    in a private directory under the system's temp dir (the same name in every process)."""
+    if not _NOT_LITERAL_TO_ORBAX.intersection(directory):
+        return directory
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    root = os.path.join(tempfile.gettempdir(), f"stlight-jax-{uid}")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    info = os.lstat(root)
+    private = os.path.isdir(root) and not os.path.islink(root) and info.st_uid == uid
+    if not private or info.st_mode & 0o077:
+        raise OSError(
+            f"{root} (where checkpoint paths with [ ] * ? or \\ get a plain alias) is not a "
+            "private directory of this user; remove it and rerun"
+        )
+    name = hashlib.sha256(directory.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    link = os.path.join(root, name)
+    if not (os.path.islink(link) and os.readlink(link) == directory):
+        tmp = f"{link}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(directory, tmp)
+        os.replace(tmp, link)  # atomic: processes sharing the name agree on the target
+    return link
+
+
+class _OrbaxNotesFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Given directory is read only" not in str(record.msg)
+
+
+@contextlib.contextmanager
+def _orbax_notes_dropped() -> Iterator[None]:
+    """Drops Orbax's warning that a read-only manager is read only (evaluation and
+    `stlight_jax.load` open one on purpose) while the manager is created."""
+    notes = _OrbaxNotesFilter()
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(notes)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(notes)
+
+
+def manager_directory(manager) -> str:
+    """The checkpoints directory of `manager` as the user named it (Orbax may be working
+    through an alias of it, `_orbax_path`)."""
+    return getattr(manager, "stlight_directory", None) or os.fspath(manager.directory)
 
 
 def save(
@@ -201,7 +268,7 @@ def restore_latest_readable(
             state, data_state = restore(manager, step, target)
         except Exception as e:  # truncated / half-written files surface as many error types
             log(
-                f"checkpoint at step {step} in {manager.directory} is unreadable "
+                f"checkpoint at step {step} in {manager_directory(manager)} is unreadable "
                 f"({read_error_reason(e)}); trying the previous one"
             )
             unreadable.append(step)
@@ -247,7 +314,7 @@ def _drop_failed_reads() -> None:
 def _set_aside(manager, steps: list[int], log: Callable[[str], None]) -> None:
     if not steps:
         return
-    directory = os.fspath(manager.directory)
+    directory = manager_directory(manager)
     aside = os.path.join(os.path.dirname(directory), UNREADABLE_DIR)
     if jax.process_index() == 0:
         os.makedirs(aside, exist_ok=True)
@@ -283,6 +350,42 @@ def restore_weights(
         path = os.path.join(path, CHECKPOINT_DIR)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+    # A training run saving into `path` removes old steps (keep-latest) while this reads:
+    # a read that fails while a step it listed vanished is redone, choosing again.
+    for attempt in range(1, _READ_ATTEMPTS + 1):
+        listed = _steps_on_disk(path)
+        try:
+            return _restore_weights_once(path, target_params, target_batch_stats, step)
+        except Exception:
+            gone = sorted(listed - _steps_on_disk(path))
+            if not gone or attempt == _READ_ATTEMPTS:
+                raise
+            _drop_failed_reads()
+            logging.warning(
+                "step %s in %s was removed while it was being read (a training run saving "
+                "there keeps only its latest steps); choosing the step again",
+                ", ".join(map(str, gone)),
+                path,
+            )
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
+_READ_ATTEMPTS = 5
+
+
+def _steps_on_disk(path: str) -> set[int]:
+    """The complete steps in checkpoints dir `path` (Orbax renames a step's temporary
+    directory to its number when the step is complete)."""
+    try:
+        return {int(d) for d in os.listdir(path) if d.isdigit()}
+    except OSError:
+        return set()
+
+
+def _restore_weights_once(
+    path: str, target_params: Any, target_batch_stats: Any, step: int | str | None
+) -> tuple[Any, Any, int]:
     manager = create_manager(path, read_only=True)
     try:
         steps = manager.all_steps()

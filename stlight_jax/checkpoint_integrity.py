@@ -53,7 +53,8 @@ def digests(state: Any) -> dict[str, str]:
 
 
 def digest_file(manager, step: int) -> str:
-    return os.path.join(os.fspath(manager.directory), str(step), DIGEST_FILE)
+    directory = getattr(manager, "stlight_directory", None) or os.fspath(manager.directory)
+    return os.path.join(directory, str(step), DIGEST_FILE)
 
 
 def _valid_digests(value: Any) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 
 import ml_collections
 
+from stlight_jax.cli_errors import RunCannotContinue
 from stlight_jax.models import ModelConfig
 
 CONFIG_FILE = "config.json"  # a training workdir's resolved config
@@ -67,6 +68,99 @@ def save_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None
     """Writes the resolved config to `<workdir>/config.json` (call it on process 0 only)."""
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(resolved_config(config).to_json_best_effort(indent=2))
+
+
+# Settings a rerun may change and still resume the workdir's run: they do not change what its
+# checkpoints mean (logging, validation and checkpoint cadence, input-pipeline parallelism,
+# evaluation batch size, the depthwise-conv formulation: same weights, same function). Every
+# other field is part of the experiment (`check_same_experiment`), num_epochs included: the
+# OneCycle and cosine schedules are laid out over the whole run.
+RESUME_SAFE_FIELDS = (
+    "name",
+    "log_every_steps",
+    "eval_every_epochs",
+    "checkpoint_every_steps",
+    "data.eval_batch_size",
+    "data.worker_count",
+    "data.read_threads",
+    "data.prefetch_buffer_size",
+    "model.conv_impl",
+)
+_ABSENT = object()
+
+
+class ExperimentChangedError(RunCannotContinue):
+    """A rerun's config differs from the workdir's run in a field that changes what its
+    checkpoints mean; raised before anything in the workdir is touched."""
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _schema_default(field: str) -> Any:
+    """The value a field had before it existed (a config.json of an older run lacks it): its
+    default in configs/common.py; _ABSENT when that is not importable."""
+    try:
+        from configs.common import get_base_config
+    except ImportError:
+        return _ABSENT
+    return _flat(json.loads(get_base_config().to_json_best_effort())).get(field, _ABSENT)
+
+
+def experiment_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """'config.<field>: <saved value> -> <new value>' for each field outside
+    RESUME_SAFE_FIELDS where `config` (resolved as training saves it) differs from `saved`, a
+    workdir's config.json."""
+    old = _flat(saved)
+    new = _flat(json.loads(resolved_config(config).to_json_best_effort()))
+    changes = []
+    for field in sorted(set(old) | set(new)):
+        if field in RESUME_SAFE_FIELDS:
+            continue
+        a, b = old.get(field, _ABSENT), new.get(field, _ABSENT)
+        if a is _ABSENT:
+            a = _schema_default(field)
+        if a != b:
+            shown = ["(absent)" if v is _ABSENT else json.dumps(v) for v in (a, b)]
+            changes.append(f"config.{field}: {shown[0]} -> {shown[1]}")
+    return changes
+
+
+def check_same_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raises ExperimentChangedError naming every changed field (saved and new value) when
+    `workdir` holds checkpoints or test results of a run whose config.json differs from
+    `config` in an experiment field; does nothing for a new or empty workdir. Reads only."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    has_steps = os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))
+    has_results = os.path.exists(os.path.join(workdir, "test_metrics.json"))
+    if not os.path.exists(path) or not (has_steps or has_results):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ExperimentChangedError(
+            f"workdir {workdir} holds checkpoints but its {CONFIG_FILE} is unreadable "
+            f"({type(e).__name__}: {e}), so this run cannot be checked against them; restore "
+            f"the file, or give a new --workdir to start a new run"
+        ) from e
+    changes = experiment_changes(saved, config)
+    if changes:
+        raise ExperimentChangedError(
+            f"workdir {workdir} holds a run of another experiment (its {CONFIG_FILE} -> this "
+            f"command): {'; '.join(changes)}. Nothing was changed; to resume it, rerun with "
+            "its settings; to start a new run, give a new --workdir"
+        )
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:

@@ -23,7 +23,12 @@ from stlight_jax import (
     weights,
     workdir_lock,
 )
-from stlight_jax.config_io import model_config, save_workdir_config
+from stlight_jax.config_io import (
+    ExperimentChangedError,
+    check_same_experiment,
+    model_config,
+    save_workdir_config,
+)
 from stlight_jax.model_size import model_size
 from stlight_jax.sharding import (
     check_divisible_by_devices,
@@ -80,6 +85,7 @@ def _train_and_evaluate(
     state, then hands over to `_train_then_test`; closes what it opened."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    _check_same_experiment(config, workdir)  # before anything in the workdir is written
     cfg = model_config(config)
     mesh = create_mesh()
     check_divisible_by_devices(config.data.batch_size, "data.batch_size")
@@ -133,6 +139,27 @@ def _train_and_evaluate(
         train_iter.close()  # stops Grain's worker processes (data.worker_count > 0)
 
 
+def _check_same_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """`config_io.check_same_experiment` on process 0; every process raises when it fails."""
+    error = None
+    if jax.process_index() == 0:
+        try:
+            check_same_experiment(config, workdir)
+        except ExperimentChangedError as e:
+            error = e
+    if jax.process_count() > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        same = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if error is None and not int(same):
+            raise ExperimentChangedError(
+                f"process 0 found that workdir {workdir} holds a run of another experiment"
+            )
+    if error is not None:
+        raise error
+
+
 def _restore_or_initialise(
     config: ml_collections.ConfigDict,
     manager: ocp.CheckpointManager,
@@ -150,7 +177,9 @@ def _restore_or_initialise(
     if restored is not None:
         start_step, state, data_state = restored
         train_iter.set_state(data_state)
-        logging.info("Resuming from %s at step %d", manager.directory, start_step)
+        logging.info(
+            "Resuming from %s at step %d", checkpoint.manager_directory(manager), start_step
+        )
         return start_step, state
     if config.init_from:
         params, batch_stats, what = weights.load_init_from(
@@ -224,7 +253,7 @@ def _train_then_test(run: TrainingRun, state: State, start_step: int) -> dict[st
             "%d in %s); the rerun does the test pass again; exiting",
             run.stop.received,
             step,
-            run.manager.directory,
+            checkpoint.manager_directory(run.manager),
         )
         return {"interrupted_at_step": step}
 
@@ -260,7 +289,7 @@ def _train_steps(
                 "signal %d received: saved step %d to %s; exiting",
                 run.stop.received,
                 step,
-                run.manager.directory,
+                checkpoint.manager_directory(run.manager),
             )
             return state, step, True
         if not _checkpoint_after_step(run, pending, state, step):
@@ -317,7 +346,7 @@ def _validate_and_save(run: TrainingRun, pending: PendingMetrics, state: State, 
             "it); exiting",
             run.stop.received,
             step,
-            run.manager.directory,
+            checkpoint.manager_directory(run.manager),
         )
         return False
     if run.manager.latest_step() == step:  # saved by an interrupted run, without metrics

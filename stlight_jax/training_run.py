@@ -73,7 +73,7 @@ class PendingMetrics:
                 )
                 raise NonFiniteLossError(
                     f"non-finite {what} at step {s}; the last good checkpoint is step "
-                    f"{run.manager.latest_step()} in {run.manager.directory}"
+                    f"{run.manager.latest_step()} in {checkpoint.manager_directory(run.manager)}"
                 )
         s, m = fetched[-1]
         window = float(np.mean([float(x["loss"]) for _, x in fetched]))

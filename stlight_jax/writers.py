@@ -40,12 +40,26 @@ class _OrbaxFilter(logging.Filter):
         )
 
 
+class _NoTpuFilter(logging.Filter):
+    """Drops JAX's note that it could not start a TPU backend because libtpu is not installed
+    (every start on a CPU or GPU machine); a TPU that fails to start still says so."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            record.levelno < logging.WARNING
+            and message.startswith("Unable to initialize backend 'tpu'")
+            and "libtpu.so" in message
+        )
+
+
 def quiet_library_logs() -> None:
-    """Installs `_OrbaxFilter` on the root and absl loggers and their handlers (entry points
-    call it once at start-up)."""
+    """Installs `_OrbaxFilter` on the root and absl loggers and their handlers, and
+    `_NoTpuFilter` on JAX's backend logger (entry points call it once at start-up)."""
     for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
         handler.addFilter(_OrbaxFilter())
     logging.getLogger("absl").addFilter(_OrbaxFilter())
+    logging.getLogger("jax._src.xla_bridge").addFilter(_NoTpuFilter())
 
 
 def to_json(value: Any) -> Any:

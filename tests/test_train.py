@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -39,14 +40,21 @@ def abstract_state(config):
     return checkpoint.abstract_like(state)
 
 
-def test_end_to_end_writes_everything_and_resumes(config, tmp_path):
+def test_end_to_end_writes_everything_and_resumes(config, tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
-    config.num_epochs = 1
+    config.num_epochs = 2
+
+    def stop_after_step_4(run, step, log_every):  # as a SIGTERM during step 4 would
+        if step == 4:
+            run.stop.received = signal.SIGTERM
+        return run.stop.received is not None
+
+    monkeypatch.setattr(train, "_stop_requested", stop_after_step_4)
     first = train.train_and_evaluate(config, workdir)
-    assert first["checkpoint_step"] == 4  # 32 samples / batch 8 = 4 steps an epoch
+    monkeypatch.undo()
+    assert first == {"interrupted_at_step": 4}  # 32 samples / batch 8 = 4 steps an epoch
     assert train_steps(read_jsonl(workdir)) == [1, 2, 3, 4]
 
-    config.num_epochs = 2
     result = train.train_and_evaluate(config, workdir)
     records = read_jsonl(workdir)
     # Resumed at step 4: steps 1-4 are not trained again, 5-8 follow.
