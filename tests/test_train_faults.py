@@ -68,6 +68,36 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(config, tmp_path, 
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
 
 
+def test_non_finite_parameters_stop_and_keep_last_good_checkpoint(config, tmp_path, monkeypatch):
+    """A finite loss but an update that leaves Inf/NaN weights: a learning rate of Inf for the
+    third update (0-based 2). Its loss is that of the finite weights before it; the check of
+    the updated parameters stops the run, and step 3 is never saved."""
+    from stlight_jax import schedules
+
+    workdir = str(tmp_path / "run")
+    config.checkpoint_every_steps = 1
+    make = schedules.create_schedules
+
+    def inf_lr_at_update_2(*args, **kwargs):
+        s = make(*args, **kwargs)
+        lr = s.lr
+        return s._replace(lr=lambda k: jax.numpy.where(k == 2, jax.numpy.inf, lr(k)))
+
+    monkeypatch.setattr(schedules, "create_schedules", inf_lr_at_update_2)
+    with pytest.raises(
+        train.NonFiniteLossError,
+        match=r"non-finite parameters \(after the update\) at step 3;.* is step 2 ",
+    ):
+        train.train_and_evaluate(config, workdir)
+    losses = [r["train_loss"] for r in read_jsonl(workdir) if "train_loss" in r]
+    assert len(losses) <= 2 and np.isfinite(losses).all()  # step 3's loss is never logged
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir))
+    assert manager.latest_step() == 2
+    step, state, _ = checkpoint.restore_latest_readable(manager, abstract_state(config))
+    manager.close()
+    assert step == 2 and all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+
+
 def test_huge_learning_rate_is_caught(config, tmp_path):
     config.optimizer.learning_rate = 1e30
     with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
