@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 VERBOSE_FLAG = "verbose_errors"
 VERBOSE_ENV = "STLIGHT_VERBOSE_ERRORS"
 VERBOSE_HELP = f"Show the traceback of a user error (or set {VERBOSE_ENV}=1)."
@@ -77,7 +78,7 @@ def unraisables_held(verbose: bool) -> Iterator[None]:
     try:
         yield
     except SystemExit as e:
-        user_error = e.code == EXIT_USER_ERROR
+        user_error = e.code in (EXIT_USER_ERROR, EXIT_INTERRUPTED)
         raise
     finally:
         if not user_error:
@@ -105,6 +106,12 @@ def user_errors_reported(prog: str, verbose: bool) -> Iterator[None]:
 def fail(prog: str, message: str) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
+
+
+def interrupted(prog: str, message: str) -> None:
+    """Ctrl-C or SIGTERM: one line on stderr and exit status 130, no traceback."""
+    print(f"{prog}: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _config_file_problem(argv: Sequence[str]) -> str | None:

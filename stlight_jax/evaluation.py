@@ -16,7 +16,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from stlight_jax import config_validation, data, metrics, predict, pretrained, visualize
+from stlight_jax import (
+    config_validation,
+    data,
+    metrics,
+    output_set,
+    predict,
+    pretrained,
+    visualize,
+)
 from stlight_jax.config_io import load_workdir_config
 from stlight_jax.models import ModelConfig
 from stlight_jax.sharding import create_mesh, host_batch, replicate, split_order
@@ -195,18 +203,21 @@ class _HostCopies:
         self.row += len(keep)
 
 
-def _open_arrays(out_dir: str, cfg: ModelConfig, num_total: int) -> dict[str, np.ndarray]:
+def _open_arrays(out: output_set.OutputSet, cfg: ModelConfig, num_total: int) -> dict:
     h, w = cfg.image_size
     frames = {"inputs": cfg.frames_in, "targets": cfg.frames_out, "predictions": cfg.frames_out}
-    return {
-        name: np.lib.format.open_memmap(
-            os.path.join(out_dir, f"{name}.npy"),
-            mode="w+",
-            dtype=np.float32,
-            shape=(num_total, frames[name], h, w, cfg.channels),
-        )
-        for name in ARRAY_NAMES
-    }
+    arrays = {}
+    for name in ARRAY_NAMES:
+        file = f"{name}.npy"
+        with out.writing(file):
+            arrays[name] = np.lib.format.open_memmap(
+                out.path(file),
+                mode="w+",
+                dtype=np.float32,
+                shape=(num_total, frames[name], h, w, cfg.channels),
+            )
+        out.preallocate(file)
+    return arrays
 
 
 def evaluate(
@@ -230,27 +241,28 @@ def evaluate(
     params = replicate((loaded.params, loaded.batch_stats), mesh)
     num_total = data.get_dataset(config).eval_size(split)
     writer = jax.process_index() == 0
-    if writer:
-        os.makedirs(out_dir, exist_ok=True)
-    arrays = _open_arrays(out_dir, cfg, num_total) if save_arrays and writer else {}
-    num_pictures = min(num_samples, num_total)
-    copies = _HostCopies(loaded, mesh, params, num_pictures, arrays, save_arrays)
-    eval_step = create_eval_step(loaded.graphdef, mesh, ssim_data_range)
-    per_predictor = evaluate_split(
-        config,
-        eval_step,
-        *params,
-        mesh,
-        split,
-        PREDICTORS,
-        copies if save_arrays or num_pictures else None,
-    )
-    for array in arrays.values():
-        array.flush()
-    arrays.clear()
-    result = _eval_result(loaded, split, out_dir, per_predictor, ssim_data_range)
-    if writer:
-        _write_eval_files(result, out_dir, copies.samples, save_arrays)
+    # One whole set: a temporary folder renamed into place at the end (output_set).
+    with output_set.whole_set(out_dir, writer) as out:
+        arrays = _open_arrays(out, cfg, num_total) if save_arrays and writer else {}
+        num_pictures = min(num_samples, num_total)
+        copies = _HostCopies(loaded, mesh, params, num_pictures, arrays, save_arrays)
+        eval_step = create_eval_step(loaded.graphdef, mesh, ssim_data_range)
+        per_predictor = evaluate_split(
+            config,
+            eval_step,
+            *params,
+            mesh,
+            split,
+            PREDICTORS,
+            copies if save_arrays or num_pictures else None,
+        )
+        for name, array in arrays.items():
+            with out.writing(f"{name}.npy"):
+                array.flush()
+        arrays.clear()
+        result = _eval_result(loaded, split, out_dir, per_predictor, ssim_data_range)
+        if writer:
+            _write_eval_files(result, out, copies.samples, save_arrays)
     return result
 
 
@@ -287,23 +299,28 @@ def _eval_result(loaded, split, out_dir, per_predictor, ssim_data_range) -> dict
     }
 
 
-def _write_eval_files(result: dict, out_dir: str, samples: list, save_arrays: bool) -> None:
+def _write_eval_files(
+    result: dict, out: output_set.OutputSet, samples: list, save_arrays: bool
+) -> None:
     """metrics.json (with the list of files), the lead-time plot and the sample pictures."""
     per_predictor = result["metrics"]
     files = {"metrics": "metrics.json", "plot": "metrics_vs_lead_time.png", "samples": []}
-    visualize.plot_lead_time(
-        os.path.join(out_dir, files["plot"]),
-        {n: per_predictor[n]["per_frame"] for n in PREDICTORS},
-        title=f"{result['config_name']}, {result['split']} split "
-        f"({result['num_samples']} sequences)",
-    )
+    with out.writing(files["plot"]):
+        visualize.plot_lead_time(
+            out.path(files["plot"]),
+            {n: per_predictor[n]["per_frame"] for n in PREDICTORS},
+            title=f"{result['config_name']}, {result['split']} split "
+            f"({result['num_samples']} sequences)",
+        )
     for i, (x, y, p) in enumerate(samples):
-        files["samples"].append(visualize.write_sample_pictures(out_dir, i, x, y, p))
+        with out.writing(f"sample_{i:03d}.png", f"sample_{i:03d}.gif"):
+            files["samples"].append(visualize.write_sample_pictures(out.tmp, i, x, y, p))
     if save_arrays:
         files["arrays"] = {n: f"{n}.npy" for n in ARRAY_NAMES}
         files["arrays_note"] = "float32 NHWC; predictions are raw (unclipped) model outputs"
     result["files"] = files
-    write_json(os.path.join(out_dir, files["metrics"]), result)
+    with out.writing(files["metrics"]):
+        write_json(out.path(files["metrics"]), result)
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -4,8 +4,11 @@ checked and normalised, fixed-size sharded batches, autoregressive rollout, and 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import shutil
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from stlight_jax import visualize
+from stlight_jax import output_set, visualize
 from stlight_jax.data.common import U8_TO_UNIT
 from stlight_jax.models import ModelConfig
 from stlight_jax.sharding import batch_sharded, create_mesh, replicate
@@ -23,6 +26,8 @@ from stlight_jax.weights import LoadedModel
 from stlight_jax.writers import write_json
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Predicted frames drawn in a sequence's PNG strip and GIF; predictions.npy holds them all.
+PICTURE_MAX_FRAMES = 100
 
 
 def make_predict_fn(
@@ -69,12 +74,15 @@ def rollout(
     horizon: int,
     frames_in: int,
     frames_out: int,
-) -> tuple[np.ndarray, int]:
+    sink: Callable[[int, np.ndarray], None] | None = None,
+) -> tuple[np.ndarray | None, int]:
     """Forecasts `horizon` frames; beyond `frames_out` the predictions are fed back as inputs.
 
     Each pass sees the last `frames_in` frames of (inputs + predictions so far), unclipped, as
     OpenSTL's `_predict` does for aft_seq_length > pre_seq_length (identical to it when
     frames_in == frames_out). Returns (predictions (N, horizon, H, W, C), forward passes).
+    With `sink`, each pass's frames go to `sink(first_frame_index, frames)` as they come and
+    nothing accumulates (memory flat in the horizon): returns (None, forward passes).
     """
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
@@ -84,11 +92,15 @@ def rollout(
         pred = np.asarray(predict_fn(history[:, -frames_in:]), np.float32)
         if pred.shape[1] != frames_out:
             raise ValueError(f"model returned {pred.shape[1]} frames, expected {frames_out}")
-        outs.append(pred)
-        produced += frames_out
+        kept = pred[:, : horizon - produced]
+        if sink is None:
+            outs.append(kept)
+        else:
+            sink(produced, kept)
+        produced += kept.shape[1]
         passes += 1
-        history = np.concatenate([history, pred], axis=1)[:, -frames_in:]
-    return np.concatenate(outs, axis=1)[:, :horizon], passes
+        history = np.concatenate([history[:, -frames_in:], pred], axis=1)[:, -frames_in:]
+    return (None if sink is not None else np.concatenate(outs, axis=1)), passes
 
 
 def expected_input_shapes(cfg: ModelConfig) -> str:
@@ -253,22 +265,107 @@ def predict(
     cfg = loaded.model_config
     inputs, notes = load_input_everywhere(input_path, cfg)
     horizon = int(horizon or cfg.frames_out)
-    predictions, passes = rollout(
-        make_predict_fn(loaded), inputs, horizon, cfg.frames_in, cfg.frames_out
-    )
-    autoregressive = horizon > cfg.frames_out
+    shape = (int(inputs.shape[0]), horizon, *(int(s) for s in cfg.image_size), cfg.channels)
     writer = jax.process_index() == 0
-    pictures = []
     if writer:
-        os.makedirs(out_dir, exist_ok=True)
-        np.save(os.path.join(out_dir, "predictions.npy"), predictions)
-        captions = ["pred" if k < cfg.frames_out else "rollout" for k in range(horizon)]
-        pictures = [
-            visualize.write_sample_pictures(
-                out_dir, i, inputs[i], None, predictions[i], captions, "sequence"
+        check_disk_space(out_dir, shape, horizon)
+    predict_fn = make_predict_fn(loaded)
+    name = "predictions.npy"
+    # One whole set: a temporary folder renamed into place at the end (output_set).
+    with output_set.whole_set(out_dir, writer) as out:
+        sink = _PredictionsFile(out, name, shape) if writer else None
+        try:
+            _, passes = rollout(
+                predict_fn,
+                inputs,
+                horizon,
+                cfg.frames_in,
+                cfg.frames_out,
+                sink or (lambda start, frames: None),
             )
-            for i in range(min(num_samples, len(inputs)))
-        ]
+        finally:
+            if sink is not None:
+                sink.close()
+        pictures, shown = [], min(horizon, PICTURE_MAX_FRAMES)
+        if writer:
+            predictions = np.load(out.path(name), mmap_mode="r")
+            captions = ["pred" if k < cfg.frames_out else "rollout" for k in range(shown)]
+            for i in range(min(num_samples, len(inputs))):
+                pred = np.asarray(predictions[i, :shown])
+                with out.writing(f"sequence_{i:03d}.png", f"sequence_{i:03d}.gif"):
+                    pictures.append(
+                        visualize.write_sample_pictures(
+                            out.tmp, i, inputs[i], None, pred, captions, "sequence"
+                        )
+                    )
+            del predictions
+        result = _predict_result(loaded, input_path, out_dir, notes, shape, passes, pictures)
+        if writer:
+            with out.writing("predictions.json"):
+                write_json(out.path("predictions.json"), result)
+    if not writer:
+        del result["files"]  # process 0 wrote them
+    return result
+
+
+def check_disk_space(out_dir: str, shape: tuple[int, ...], horizon: int) -> None:
+    """Refuses, in one line, a forecast whose predictions.npy the disk under `out_dir` cannot
+    hold (a long --horizon), before any work."""
+    need = 4 * math.prod(shape)
+    where = os.path.abspath(out_dir)
+    while not os.path.exists(where):
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise ValueError(
+            f"--horizon={horizon}: predictions.npy would take {need / 1e9:.3g} GB "
+            f"({shape[0]} sequence(s) x {horizon} frames x {shape[2]}x{shape[3]}x{shape[4]} "
+            f"float32), more than the {free / 1e9:.3g} GB free under {where}; lower --horizon"
+        )
+
+
+class _PredictionsFile:
+    """predictions.npy (N, horizon, H, W, C) float32 written pass by pass: each pass's frames
+    go straight to the file (`os.pwrite` at each sequence's offset), so memory holds one pass
+    whatever the horizon. The file's blocks are reserved up front: a full disk is an error
+    naming it at the start, not a crash part-way."""
+
+    def __init__(self, out: output_set.OutputSet, name: str, shape: tuple[int, ...]):
+        self.out, self.name, self.shape = out, name, shape
+        with out.writing(name):
+            header = np.lib.format.open_memmap(out.path(name), "w+", np.float32, shape)
+            self.offset = header.offset
+            del header
+        out.preallocate(name)
+        self.frame_bytes = 4 * math.prod(shape[2:])
+        self.fd = os.open(out.path(name), os.O_WRONLY)
+        self.last_log = time.monotonic()
+
+    def __call__(self, start: int, frames: np.ndarray) -> None:
+        n, horizon = self.shape[:2]
+        with self.out.writing(self.name):
+            for i in range(n):
+                data = np.ascontiguousarray(frames[i], np.float32).tobytes()
+                at = self.offset + (i * horizon + start) * self.frame_bytes
+                while data:
+                    written = os.pwrite(self.fd, data, at)
+                    data, at = data[written:], at + written
+        done = start + frames.shape[1]
+        if time.monotonic() - self.last_log > 30 and done < horizon:
+            logging.info("rollout: %d of %d frames predicted", done, horizon)
+            self.last_log = time.monotonic()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            with self.out.writing(self.name):
+                os.close(fd)
+
+
+def _predict_result(loaded, input_path, out_dir, notes, shape, passes, pictures) -> dict:
+    cfg = loaded.model_config
+    horizon = shape[1]
+    shown = min(horizon, PICTURE_MAX_FRAMES)
     result = {
         "mode": "predict",
         "out": os.path.abspath(out_dir),
@@ -276,28 +373,30 @@ def predict(
         "checkpoint": loaded.source,
         "input": os.path.abspath(input_path),
         **notes,
-        "num_sequences": int(inputs.shape[0]),
+        "num_sequences": shape[0],
         "frames_in": cfg.frames_in,
         "frames_out": cfg.frames_out,
         "horizon": horizon,
-        "autoregressive": autoregressive,
+        "autoregressive": horizon > cfg.frames_out,
         "forward_passes": passes,
         "rollout": _describe_rollout(cfg, horizon),
         "files": {
             "predictions": "predictions.npy",
-            "predictions_shape": list(predictions.shape),
+            "predictions_shape": list(shape),
             "predictions_note": "float32 NHWC raw (unclipped) model outputs on the [0, 1] scale",
             "pictures": pictures,
+            "pictures_frames": shown,
         },
         "notes": [
             "frame indices in the pictures count from 1 at the first input frame; "
             "'rollout' marks frames predicted from predictions"
         ],
     }
-    if not writer:
-        del result["files"]  # process 0 wrote them
-        return result
-    write_json(os.path.join(out_dir, "predictions.json"), result)
+    if shown < horizon:
+        result["notes"].append(
+            f"the pictures show the first {shown} of the {horizon} predicted frames "
+            "(predictions.npy holds them all)"
+        )
     return result
 
 

@@ -3,14 +3,20 @@ evaluate.py's whole output sets; each as the README's "Reliability" table says."
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 from stlight_jax import train
 from tests import tiny_config
-from tests.test_reliability import _half_state_dict, _run, assert_one_line_error
+from tests.test_reliability import REPO, _half_state_dict, _run, assert_one_line_error
 
 
 @pytest.fixture
@@ -67,3 +73,205 @@ def test_lone_npy_trains_and_scores_its_held_out_test_set(config, tmp_path):
     config.num_epochs = 1  # 48 - 8 test - 8 val = 32 training samples: 4 steps
     result = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert result["model"]["num_samples"] == 8, result
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate.py's outputs: one whole set, or the previous one untouched.
+
+
+def _listing(out) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in sorted(os.listdir(out))}
+
+
+def _leftovers(out) -> list[str]:
+    return [e for e in os.listdir(out.parent) if e.startswith(f".{out.name}.") and "lock" not in e]
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_evaluate_output_set_is_whole_after_a_full_disk_an_interrupt_or_a_second_run(
+    config, weights, tmp_path, monkeypatch
+):
+    from stlight_jax import evaluation, output_set, visualize
+
+    out = tmp_path / "look[1] é"  # any folder name works
+    options = evaluation.EvalOptions(
+        config=config, weights=weights, out=str(out), num_samples=1, save_arrays=True
+    )
+    first = evaluation.run(options)
+    assert first["out"] == str(out) and sorted(os.listdir(out)) == sorted(
+        ["metrics.json", "metrics_vs_lead_time.png", "sample_000.png", "sample_000.gif"]
+        + ["inputs.npy", "targets.npy", "predictions.npy"]
+    )
+    before = _listing(out)
+    options = dataclasses.replace(options, num_samples=2)
+
+    def partial_gif(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"GIF89a")  # a partial file, then the disk is full
+        _no_space()
+
+    # A full disk names the file; nothing of the new set is left, the old one is whole.
+    for target, name, fake in (
+        (visualize, "save_gif", partial_gif),
+        (evaluation, "write_json", _no_space),
+        (os, "posix_fallocate", _no_space),
+    ):
+        with monkeypatch.context() as m:
+            m.setattr(target, name, fake)
+            with pytest.raises(OSError) as err:
+                evaluation.run(options)
+        msg = str(err.value)
+        culprit = {"save_gif": "sample_000.gif", "write_json": "metrics.json"}.get(
+            name, "inputs.npy"
+        )
+        assert f"cannot write {out / culprit}: No space left on device" in msg, msg
+        assert f"{out} keeps its previous outputs" in msg and "\n" not in msg
+        assert _listing(out) == before and not _leftovers(out), name
+
+    # Ctrl-C part-way: the same.
+    with monkeypatch.context() as m:
+        m.setattr(visualize, "plot_lead_time", lambda *a, **k: _raise(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            evaluation.run(options)
+    assert _listing(out) == before and not _leftovers(out)
+
+    # A second evaluation into an --out being written stops at once, naming the holder.
+    held = output_set._lock(str(out))  # as the first evaluation holds it
+    try:
+        with pytest.raises(output_set.OutputInUseError, match=r"is being written by another "):
+            evaluation.run(options)
+    finally:
+        os.close(held)
+    assert _listing(out) == before
+
+    # A folder holding files evaluate.py did not write is not replaced.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match=r"mine holds files evaluate.py did not write \(notes"):
+        evaluation.run(dataclasses.replace(options, out=str(tmp_path / "mine")))
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+    # A run that completes replaces the whole set (two samples now, none stale).
+    second = evaluation.run(options)
+    assert "sample_001.gif" in os.listdir(out) and second["files"]["samples"][1]["gif"]
+    assert not _leftovers(out)
+
+
+def _raise(error):
+    raise error
+
+
+_OUT_HOLDER = """
+import sys, time
+from stlight_jax import output_set
+output_set._lock(sys.argv[1])
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_evaluate_cli_ctrl_c_and_a_second_run_are_one_line_and_keep_the_previous_set(
+    config, weights, tmp_path
+):
+    from stlight_jax import evaluation
+
+    rng = np.random.default_rng(0)
+    data = str(tmp_path / "big.npz")  # 2,000 test sequences: a pass long enough to interrupt
+    np.savez(
+        data,
+        train=rng.random((16, 8, 16, 16, 1), dtype=np.float32),
+        val=rng.random((8, 8, 16, 16, 1), dtype=np.float32),
+        test=rng.random((2000, 8, 16, 16, 1), dtype=np.float32),
+    )
+    out = tmp_path / "look"
+    cfg = tiny_config.get_config(data)
+    evaluation.run(evaluation.EvalOptions(config=cfg, weights=weights, out=str(out)))
+    before = _listing(out)
+    args = [f"--config=tests/tiny_config.py:{data}", f"--weights={weights}", f"--out={out}"]
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _OUT_HOLDER, str(out)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert_one_line_error(
+            _run(["evaluate.py"], *args),
+            "evaluate.py",
+            f"--out {out} is being written by another evaluation (pid {holder.pid} on host",
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    env.pop("STLIGHT_VERBOSE_ERRORS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "evaluate.py", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not _leftovers(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the new set's temporary folder: the run is writing
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert stderr.rstrip().splitlines()[-1] == (
+        f"evaluate.py: interrupted; nothing written: {out} keeps its previous outputs, if any"
+    )
+    assert _listing(out) == before and not _leftovers(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Predict mode: long horizons stream to disk; pictures are capped.
+
+
+def test_predict_long_horizon_streams_to_disk_memory_flat_pictures_capped(
+    config, weights, tmp_path
+):
+    import tracemalloc
+
+    from PIL import Image
+
+    from stlight_jax import predict
+    from stlight_jax.weights import load_model
+
+    loaded = load_model(config, weights=weights)
+    with np.load(config.data.path) as z:
+        np.save(tmp_path / "in.npy", z["test"][:4, :4])
+    peaks = {}
+    for horizon in (8, 808):
+        out = tmp_path / f"h{horizon}"
+        predict.predict(loaded, str(tmp_path / "in.npy"), str(out), horizon, num_samples=1)
+        tracemalloc.start()
+        result = predict.predict(loaded, str(tmp_path / "in.npy"), str(out), horizon, num_samples=1)
+        peaks[horizon] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # 808 frames of 4 sequences are 3.3 MB of predictions; memory holds one pass of them.
+    assert peaks[808] - peaks[8] < 1_000_000, peaks
+    saved = np.load(out / "predictions.npy")
+    assert saved.shape == (4, 808, 16, 16, 1) and result["files"]["pictures_frames"] == 100
+    whole, passes = predict.rollout(
+        predict.make_predict_fn(loaded), np.load(tmp_path / "in.npy"), 808, 4, 4
+    )
+    np.testing.assert_array_equal(saved, whole)
+    assert passes == result["forward_passes"] == 202
+    with Image.open(out / "sequence_000.gif") as gif:
+        assert gif.n_frames == 4 + 100  # the inputs, then the first 100 predicted frames
+    assert "the first 100 of the 808 predicted frames" in " ".join(result["notes"])
+    # A horizon the disk cannot hold is refused before any work, in one line.
+    with pytest.raises(ValueError, match=r"--horizon=10000000000: predictions.npy would take"):
+        predict.predict(loaded, str(tmp_path / "in.npy"), str(tmp_path / "huge"), 10**10)
+    assert not os.path.exists(tmp_path / "huge")

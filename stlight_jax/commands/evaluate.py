@@ -3,6 +3,10 @@
 Scores a trained STLight on a split (OpenSTL metrics, baselines, pictures) or forecasts new data.
 """
 
+import os
+import signal
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -51,6 +55,22 @@ runtime.define_distributed_flags()
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    # SIGTERM stops evaluate.py as Ctrl-C does: its output set is left as it was (output_set).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        _evaluate()
+    except KeyboardInterrupt:  # one line, not a traceback
+        out = FLAGS.out
+        if not out and FLAGS.workdir:
+            where = ("eval", FLAGS.split) if FLAGS.mode == "eval" else ("predict",)
+            out = os.path.join(FLAGS.workdir, *where)
+        cli_errors.interrupted(
+            os.path.basename(sys.argv[0]),
+            f"interrupted; nothing written: {out or '--out'} keeps its previous outputs, if any",
+        )
+
+
+def _evaluate() -> None:
     from stlight_jax.writers import quiet_library_logs
 
     quiet_library_logs()
