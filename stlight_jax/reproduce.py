@@ -13,8 +13,9 @@ time of all the invocations that made it, and the commit. `--data` is the datase
 (`data.test_file` for Moving MNIST, `data.path` otherwise); `--set KEY=VALUE` overrides any
 other config field (e.g. `--set compute_dtype=bfloat16`), and row.json records them all.
 `--dry-run` runs each row's own config through the same code at a tiny size (dim 16, depth 3,
-one epoch of 8 synthetic sequences) so that no row's command can rot; its row.json files say
-`"dry_run": true` and `--table` refuses them.
+one epoch of a few synthetic sequences) so that no row's command can rot: 15-90 s a row on 2
+shared CPU cores, most of it compiling (the first row is the slowest; rows share a compilation
+cache). Its row.json files say `"dry_run": true` and `--table` refuses them.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def row_config(row: Row, data: str | None = None, sets: Sequence[tuple[str, Any]
     """The row's training config: its spec, its overrides, `--data`, then `--set`s."""
     from stlight_jax.config_io import load_config
 
-    config = load_config(os.path.join(REPO, row.spec))
+    path = os.path.join(REPO, row.spec)  # a checkout; else load_config finds the packaged one
+    config = load_config(path if os.path.exists(path.partition(":")[0]) else row.spec)
     for key, value in row.overrides:
         _set_field(config, key, value, row.name)
     if data:
