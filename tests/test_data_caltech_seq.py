@@ -234,9 +234,19 @@ def test_test_split_from_seq_folders(tmp_path):
     # Training needs KITTI: a .seq-only root says so in one line.
     with pytest.raises(ValueError, match="0 training samples are fewer than"):
         pipeline.steps_per_epoch(_config(tmp_path, root))
-    # Beside kitti_hkl/: the .seq files in caltech/ are the test split.
+    # Beside kitti_hkl/: KITTI trains, the .seq files in caltech/ are the test split.
     root2 = _seq_root(tmp_path / "b", inside_caltech=True)
     assert kc.KittiCaltech(_config(tmp_path, root2)).eval_size("test") == 6
+    import h5py
+
+    (root2 / "kitti_hkl").mkdir()
+    with h5py.File(root2 / "kitti_hkl" / "X_train.hkl", "w") as f:
+        f.create_dataset("data", data=np.zeros((9, *SIZE, 3), np.uint8))
+    with h5py.File(root2 / "kitti_hkl" / "sources_train.hkl", "w") as f:
+        f.create_dataset("data", data=np.array([b"a"] * 9))
+    both = kc.KittiCaltech(_config(tmp_path, root2))
+    assert both.train_size == 3 and both.eval_size("test") == 6
+    assert "kitti_hkl/ + Caltech set*/V*.seq" in both.describe("test")
     c = _config(tmp_path, root)
     c.model.frames_in = 10
     with pytest.raises(ValueError, match="no Caltech video has 11 kept frames"):
