@@ -7,7 +7,7 @@ import ast
 import os
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "stlight_jax")
-FRONT_ENDS = {"train", "evaluation", "predict", "api", "export"}
+FRONT_ENDS = {"train", "evaluation", "predict", "api", "export", "reproduce"}
 # Who may import a front end: evaluate.py's library dispatches predict mode to `predict`; the
 # Python API forecasts through `predict` (and is `stlight_jax.load`), the exports load through
 # the API; the command lines (`commands`) are the entry points.
@@ -18,6 +18,7 @@ ALLOWED = {
     ("export", "api"),
     ("commands.train", "train"),
     ("commands.evaluate", "evaluation"),
+    ("reproduce", "train"),  # a paper row is a training run plus its row.json
 }
 
 
