@@ -582,7 +582,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("rows", nargs="*", help="row name(s): one for a run, any for --dry-run")
     parser.add_argument("--workdir", help="the row's directory (row.json, run/)")
     parser.add_argument("--data", help="Moving MNIST: mnist_test_seq.npy; else data.path")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. compute_dtype=bfloat16 (repeatable)",
+    )
     parser.add_argument("--list", action="store_true", help="every row and its A6000 hours")
     parser.add_argument("--table", nargs="*", metavar="DIR", help="render the README's table")
     parser.add_argument("--dry-run", action="store_true", help="rows at a tiny size, on CPU")
