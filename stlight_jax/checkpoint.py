@@ -358,6 +358,9 @@ def restore_weights(
             return _restore_weights_once(path, target_params, target_batch_stats, step)
         except Exception:
             gone = sorted(listed - _steps_on_disk(path))
+            if not gone and attempt < _READ_ATTEMPTS:
+                time.sleep(0.5)  # Orbax removes a step with rmtree: its directory lingers
+                gone = sorted(listed - _steps_on_disk(path))
             if not gone or attempt == _READ_ATTEMPTS:
                 raise
             _drop_failed_reads()
