@@ -55,7 +55,7 @@ tx = optim.create_optimizer(config, scheds)
 NULL = json.loads(sys.argv[-1])
 
 
-def run(mesh, steps, state=None, it=None):
+def run(mesh, steps, state=None, it=None, losses=None):
     graphdef, fresh = create_train_state(config, tx)
     if state is None:
         state = jax.device_put(perturbed(fresh), NamedSharding(mesh, P()))
@@ -65,6 +65,8 @@ def run(mesh, steps, state=None, it=None):
     for _ in range(steps):
         state, metrics = step(state, sharding.global_batch(next(it), mesh))
         assert np.isfinite(float(metrics["loss"]))  # fetch every step
+        if losses is not None:
+            losses.append(float(metrics["loss"]))
     return state, it
 
 
@@ -97,11 +99,13 @@ def max_rel(a, b):
 
 if mode == "dp8":
     assert jax.device_count() == 8
-    one, _ = run(sharding.create_mesh(jax.devices()[:1]), 5)
+    losses1, losses8 = [], []
+    one, _ = run(sharding.create_mesh(jax.devices()[:1]), 5, losses=losses1)
     mesh8 = sharding.create_mesh()
-    eight, it = run(mesh8, 5)
+    eight, it = run(mesh8, 5, losses=losses8)
     assert all(x.sharding.num_devices == 8 for x in jax.tree.leaves(eight))
     result = {k: max_rel(host(eight[k]), host(one[k])) for k in ("params", "batch_stats")}
+    result["losses1"], result["losses8"] = losses1, losses8
     result["worst"] = sorted(
         ((max_rel({p: a}, {p: b}), p) for (p, a), b in zip(host(eight).items(), host(one).values())
          if not any(n in p for n in NULL)), reverse=True)[:4]
@@ -126,8 +130,9 @@ elif mode == "restore1":
     result = {"step": step, "cont_rel": max_rel(got, dict(want))}
 elif mode == "multihost":
     assert jax.process_count() == 2 and jax.device_count() == 2
-    state, _ = run(sharding.create_mesh(), 3)
-    result = {"pid": pid}
+    losses = []
+    state, _ = run(sharding.create_mesh(), 3, losses=losses)
+    result = {"pid": pid, "losses": losses}
     if pid == 0:
         np.savez(os.path.join(out, "multihost.npz"), **host(state["params"]))
     jax.distributed.shutdown()
@@ -192,6 +197,10 @@ def test_one_vs_eight_devices_and_checkpoint_from_eight_on_one(tmp_path):
     dp = result(tmp_path, "dp8_0")
     print(f"1 vs 8 devices, 5 steps: {dp}")
     assert dp["params"] <= 1e-5 and dp["batch_stats"] <= 1e-5
+    # Step by step, the loss of the global batch: Adam is nearly blind to a gradient's scale
+    # (a per-device sum instead of the global mean moves the parameters by ~eps), the loss not.
+    assert len(dp["losses8"]) == 5 and len(set(dp["losses1"])) == 5
+    np.testing.assert_allclose(dp["losses8"], dp["losses1"], rtol=1e-5)
     finish(tmp_path, start(tmp_path, "restore1"), "restore1")
     restored = result(tmp_path, "restore1_0")
     print(f"8-device checkpoint continued on 1 device: rel diff {restored['cont_rel']:.2e}")
@@ -221,9 +230,14 @@ def test_two_processes_match_one(tmp_path):
     mesh = sharding.create_mesh(jax.devices()[:1])
     step = create_train_step(graphdef, tx, scheds.lr, mesh)
     it = data.create_train_iterator(config)
+    losses = []
     for _ in range(3):
         state, metrics = step(state, sharding.global_batch(next(it), mesh))
-        float(metrics["loss"])
+        losses.append(float(metrics["loss"]))
+    for pid in (0, 1):  # every process reports the global batch's loss, step by step
+        np.testing.assert_allclose(
+            result(tmp_path, f"multihost_{pid}")["losses"], losses, rtol=1e-5
+        )
     want = {
         jax.tree_util.keystr(p): np.asarray(x)
         for p, x in jax.tree_util.tree_flatten_with_path(state["params"])[0]
