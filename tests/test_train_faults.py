@@ -185,3 +185,80 @@ def test_cli_sigterm_saves_exits_cleanly_and_rerun_completes(config, tmp_path):
     assert {"step": stopped, "resumed_from_step": stopped} in records
     assert train_steps(records)[-1] == 120
     assert os.path.exists(os.path.join(workdir, "test_metrics.json"))
+
+
+def _start_train(args, log_path):
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    log = open(log_path, "w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args], cwd=REPO, env=env, stdout=log, stderr=log
+    )
+    return proc, log
+
+
+def _wait_for(predicate, proc, what, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{what}: not seen (exit status {proc.poll()})")
+
+
+@pytest.mark.slow  # two train.py runs
+def test_cli_ctrl_c_saves_and_exits_0_a_second_ctrl_c_stops_at_once(config, tmp_path):
+    """SIGINT as a terminal's Ctrl-C sends it. Once: said at once, a checkpoint after the
+    current step, exit 0. In the rerun, twice (the second after the first was said): the
+    program stops at once (KeyboardInterrupt, a non-zero exit), without waiting for the
+    checkpoint or the test pass, and the workdir still holds a readable checkpoint at least as
+    new as the first run's."""
+    workdir = str(tmp_path / "run")
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    args = [
+        f"--config=tests/tiny_config.py:{config.data.path}",
+        f"--workdir={workdir}",
+        "--config.num_epochs=30",  # 120 steps: the signals land mid-training
+        "--config.eval_every_epochs=15",
+        "--config.log_every_steps=1",
+    ]
+
+    def trained_past(step):
+        return lambda: os.path.exists(metrics) and train_steps(read_jsonl(workdir))[-1:] > [step]
+
+    proc, log = _start_train(args, tmp_path / "log1.txt")
+    try:
+        _wait_for(trained_past(0), proc, "a first training step")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log.seek(0)
+    text = log.read()
+    assert rc == 0, text[-3000:]
+    assert "signal 2 received: stopping after the current step" in text, text[-3000:]
+    assert re.search(r"signal 2 received( during validation)?: saved step", text), text[-3000:]
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+    first = manager.latest_step()
+    manager.close()
+    assert 0 < first < 120
+
+    proc, log = _start_train(args, tmp_path / "log2.txt")
+    try:
+        _wait_for(trained_past(first), proc, "a step of the rerun")
+        proc.send_signal(signal.SIGINT)
+        log.seek(0)
+        _wait_for(lambda: "signal 2 received" in open(log.name).read(), proc, "the first Ctrl-C")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log.seek(0)
+    text = log.read()
+    assert rc != 0 and "KeyboardInterrupt" in text, text[-3000:]
+    assert not os.path.exists(os.path.join(workdir, "test_metrics.json"))
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+    restored = checkpoint.restore_latest_readable(manager, abstract_state(config))
+    manager.close()
+    assert restored is not None and first <= restored[0] < 120
