@@ -1,5 +1,7 @@
 """evaluate.py's outputs as one whole set: written into a temporary folder beside `--out` and
 renamed into place at the end, under a lock, so `--out` only ever holds one run's complete set.
+(An `--out` that also holds other files, a workdir or a folder of the user's, is never
+replaced: the new files are renamed into it one by one, the .json metadata last.)
 
 An interrupted or failed run (Ctrl-C, a full disk, a bad input found late) removes its
 temporary folder and leaves the previous set as it was; a second evaluation into an `--out`
@@ -140,18 +142,14 @@ def _tidy(out: str) -> None:
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def _check_replaceable(out: str, given: str) -> None:
+def _holds_other_files(out: str, given: str) -> bool:
+    """Whether `out` holds anything evaluate.py does not write (then it is never replaced
+    wholesale: `_swap` moves the new files in one by one, the others stay)."""
     if not os.path.lexists(out):
-        return
+        return False
     if not os.path.isdir(out):
         raise ValueError(f"--out {given} exists and is not a folder")
-    foreign = sorted(e for e in os.listdir(out) if not _OUR_FILES.fullmatch(e))
-    if foreign:
-        raise ValueError(
-            f"--out {given} holds files evaluate.py did not write ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}), which writing a new set would remove; "
-            "give a new or empty folder"
-        )
+    return any(not _OUR_FILES.fullmatch(e) for e in os.listdir(out))
 
 
 @contextlib.contextmanager
@@ -169,11 +167,18 @@ def _signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _swap(tmp: str, out: str) -> None:
-    """Renames `tmp` into place as `out`; a previous `out` is moved aside, then removed."""
+def _swap(tmp: str, out: str, shared: bool) -> None:
+    """Renames `tmp` into place as `out`; a previous `out` is moved aside, then removed.
+    `shared`: `out` holds other files too (a folder of the user's, a workdir): each new file is
+    renamed into it instead, the metadata (.json) last, and nothing else there is touched."""
     parent, name = os.path.split(out)
     with _signals_deferred():
-        if os.path.lexists(out):
+        if shared:
+            names = sorted(os.listdir(tmp), key=lambda n: (n.endswith(".json"), n))
+            for entry in names:
+                os.replace(os.path.join(tmp, entry), os.path.join(out, entry))
+            os.rmdir(tmp)
+        elif os.path.lexists(out):
             old = os.path.join(parent, f".{name}.old-{os.getpid()}")
             os.rename(out, old)
             os.rename(tmp, out)
@@ -217,7 +222,7 @@ def whole_set(out_dir: str, writer: bool = True) -> Iterator[OutputSet]:
         os.makedirs(parent, exist_ok=True)
         fd = _lock(out)
         _tidy(out)
-        _check_replaceable(out, given)
+        shared = _holds_other_files(out, given)
         tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
     except BaseException:
         if fd is not None:
@@ -227,7 +232,7 @@ def whole_set(out_dir: str, writer: bool = True) -> Iterator[OutputSet]:
     try:
         _agree(True, out)
         yield OutputSet(given, tmp)
-        _swap(tmp, out)
+        _swap(tmp, out, shared)
         tmp = None
     finally:
         if tmp is not None:

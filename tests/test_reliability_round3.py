@@ -147,12 +147,12 @@ def test_evaluate_output_set_is_whole_after_a_full_disk_an_interrupt_or_a_second
         os.close(held)
     assert _listing(out) == before
 
-    # A folder holding files evaluate.py did not write is not replaced.
+    # A folder holding files evaluate.py does not write is not replaced: they stay.
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(ValueError, match=r"mine holds files evaluate.py did not write \(notes"):
-        evaluation.run(dataclasses.replace(options, out=str(tmp_path / "mine")))
-    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+    evaluation.run(dataclasses.replace(options, out=str(tmp_path / "mine")))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert (tmp_path / "mine" / "metrics.json").exists() and not _leftovers(tmp_path / "mine")
 
     # A run that completes replaces the whole set (two samples now, none stale).
     second = evaluation.run(options)
