@@ -15,6 +15,7 @@ import pytest
 from conftest import max_rel_err
 
 import stlight_jax
+import stlight_jax.api
 from stlight_jax import convert, export
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.steps import apply_model
