@@ -121,15 +121,15 @@ def experiment_changes(saved: dict, config: ml_collections.ConfigDict) -> list[s
     old = _flat(saved)
     new = _flat(json.loads(resolved_config(config).to_json_best_effort()))
     changes = []
-    for field in sorted(set(old) | set(new)):
+    for field in sorted(new):  # a field this code no longer has cannot change what it does
         if field in RESUME_SAFE_FIELDS:
             continue
-        a, b = old.get(field, _ABSENT), new.get(field, _ABSENT)
+        a, b = old.get(field, _ABSENT), new[field]
         if a is _ABSENT:
             a = _schema_default(field)
         if a != b:
-            shown = ["(absent)" if v is _ABSENT else json.dumps(v) for v in (a, b)]
-            changes.append(f"config.{field}: {shown[0]} -> {shown[1]}")
+            shown = "(absent)" if a is _ABSENT else json.dumps(a)
+            changes.append(f"config.{field}: {shown} -> {json.dumps(b)}")
     return changes
 
 

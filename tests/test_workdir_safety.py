@@ -69,8 +69,10 @@ def test_experiment_changes_name_each_field_and_skip_resume_safe_settings(finish
         "config.num_epochs: 2 -> 3",
         "config.optimizer.learning_rate: 0.01 -> 0.001",
     ]
-    # A field an older run's config.json lacks compares as its default.
+    # A field an older run's config.json lacks compares as its default; one this code no
+    # longer has is left out.
     del saved["model"]["skip"]
+    saved["model"]["retired_field"] = 1
     assert config_io.experiment_changes(saved, config) == []
     assert (
         config_io.experiment_changes(saved, changed)[1] == 'config.model.skip: "thirds" -> "none"'
