@@ -35,13 +35,24 @@ def initialize_distributed_from_flags() -> None:
     import jax
     from absl import flags, logging
 
+    from stlight_jax import peers
+
     f = flags.FLAGS
-    if f.coordinator_address or f.distributed:
+    if f.coordinator_address and f.process_id is not None:
+        # Process 0's coordination service in a helper, so that a dead process 0 is reported
+        # too (peers.initialize).
+        peers.initialize(f.coordinator_address, f.num_processes, f.process_id)
+    elif f.coordinator_address or f.distributed:
         jax.distributed.initialize(
             coordinator_address=f.coordinator_address,
             num_processes=f.num_processes,
             process_id=f.process_id,
+            # JAX ends a survivor with a C++ abort at this timeout; the peer watch, which
+            # stops it cleanly after peers.LOST_AFTER_S, must come first.
+            heartbeat_timeout_seconds=peers.HEARTBEAT_TIMEOUT_S,
         )
+    if f.coordinator_address or f.distributed:
+        peers.start(os.path.basename(sys.argv[0]))  # a dead peer: one line, not an abort
     logging.info(
         "process %d/%d, devices %s", jax.process_index(), jax.process_count(), jax.devices()
     )

@@ -97,7 +97,10 @@ def _evaluate() -> None:
         pretrained=FLAGS.pretrained,
         num_test=FLAGS.num_test,
     )
-    result = evaluation.run(options)
+    from stlight_jax import peers
+
+    with peers.watched():  # a dead peer (multi-process): one line, exit 3
+        result = evaluation.run(options)
     if jax.process_index() == 0:
         if result["mode"] == "eval":
             print(evaluation.format_table(result))

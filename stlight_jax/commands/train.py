@@ -24,9 +24,11 @@ def _main(argv):
 
     quiet_library_logs()
     runtime.initialize_distributed_from_flags()
+    from stlight_jax import peers
     from stlight_jax.train import train_and_evaluate
 
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    with peers.watched(FLAGS.workdir):  # a dead peer (multi-process): one line, exit 3
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def main() -> None:
