@@ -98,7 +98,7 @@ def reexec_with_malloc_hugepages() -> None:
     before anything else is done that the restart would repeat. It returns without restarting
     when hugepages are already set (so the restarted process goes on), when they cannot apply
     (not Linux, glibc < 2.35, THP 'never'), or when STLIGHT_JAX_DEFAULT_MALLOC=1.
-    Measured on the 2-core CPU VM, MMNIST-S train step at batch 4, JAX alone: 3.1-3.3 s -> 2.6 s.
+    Why, and how it was measured (no result file was kept): benchmarks/README.md, item 7.
     """
     if os.environ.get(OPT_OUT_ENV) == "1" or malloc_hugepages_active():
         return
