@@ -12,7 +12,13 @@ only. Predict mode reads --input (.npy of (N, T, H, W, C),
 (T, H, W, C) or, for 1 channel, (N, T, H, W); floats on [0, 1] or uint8 0..255, which is divided
 by 255; or a folder of images, one sequence sorted by file name) and writes predictions.npy,
 predictions.json and sequence_<i>.png/.gif (default <workdir>/predict). A --horizon beyond the
-trained output length rolls out autoregressively.
+trained output length rolls out autoregressively, streamed to predictions.npy (the pictures
+show at most the first 100 predicted frames).
+
+The files of a run are one whole set: written into a temporary folder beside --out and renamed
+into place at the end, so Ctrl-C (one line, exit 130), a full disk (one line naming the file)
+or any other failure leaves the previous set as it was; a second evaluation into an --out being
+written stops at once (lock file .<name>.lock beside it).
 
 Multi-host: start the same command on every host with --coordinator_address, --num_processes
 and --process_id (or --distributed), as for train.py; every process reads its share of the
