@@ -65,9 +65,12 @@ def resolved_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 
 def save_workdir_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes the resolved config to `<workdir>/config.json` (call it on process 0 only)."""
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    """Writes the resolved config to `<workdir>/config.json` (call it on process 0 only),
+    atomically: an evaluation reading it while a run (re)starts sees the old or the new one."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    with open(f"{path}.tmp", "w") as f:
         f.write(resolved_config(config).to_json_best_effort(indent=2))
+    os.replace(f"{path}.tmp", path)
 
 
 # Settings a rerun may change and still resume the workdir's run: they do not change what its
