@@ -247,8 +247,8 @@ def test_cli_ctrl_c_saves_and_exits_0_a_second_ctrl_c_stops_at_once(config, tmp_
     try:
         _wait_for(trained_past(first), proc, "a step of the rerun")
         proc.send_signal(signal.SIGINT)
-        log.seek(0)
-        _wait_for(lambda: "signal 2 received" in open(log.name).read(), proc, "the first Ctrl-C")
+        said = lambda: "signal 2 received" in (tmp_path / "log2.txt").read_text()
+        _wait_for(said, proc, "the first Ctrl-C")
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=60)
     finally:
