@@ -302,9 +302,12 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, **
     if proc.stdout.readline().strip() != b"serving":
         proc.kill()
         proc.wait()
-        raise RuntimeError(
-            f"could not start the coordination service on {bind} (is the port of "
-            f"--coordinator_address={coordinator_address} in use?)"
+        from stlight_jax.cli_errors import RunCannotContinue
+
+        raise RunCannotContinue(
+            f"could not start the coordination service on {bind}: is the port of "
+            f"--coordinator_address={coordinator_address} in use? (After a killed job it "
+            f"stays taken for {GRACE_S:.0f} s.)"
         )
     proc.stdout.close()
     real = distributed._jax.get_distributed_runtime_service
