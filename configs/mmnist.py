@@ -40,7 +40,11 @@ minutes) and at 3-8 sequences/s once other sessions' test suites ran (epochs of 
 after 18 minutes; 4,500: ETA 4 h, stopped after 7 minutes); dim 256 depth 12 with epochs of
 5,000 reached 7 sequences/s (ETA 2 h, stopped after 9 minutes). dim 256 depth 8, the faster
 of the measured pair, with 40,000 sequences fits what remained.
-Result: RESULT_PENDING
+Result: 53.6 minutes of wall time from start to test results (50.3 min in the training loop,
+10 validations included), best checkpoint = the last (step 5,000, validation MSE 96.64); on
+the 10,000 generated test sequences MSE 96.86, MAE 244.33, SSIM 0.6845, PSNR 16.48, against
+"predict zeros" 173.95 / 201.51 / 0.7801 / 13.86 and "repeat the last input frame" 285.42 /
+337.00 / 0.6615 / inf: better than both on MSE and PSNR, worse than zeros on MAE and SSIM.
 """
 
 from __future__ import annotations
