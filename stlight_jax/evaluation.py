@@ -323,13 +323,19 @@ def _write_eval_files(
         write_json(out.path(files["metrics"]), result)
 
 
+def _which(source: dict[str, Any]) -> str:
+    if source.get("kind") == "pretrained":
+        return f"shipped model {source['name']}"
+    return f"step {source.get('step')}"
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The overall metrics of an `evaluate` result, one row per predictor."""
     m = result["metrics"]
     lines = [
         f"{result['config_name']} on {result['split']} ({result['num_samples']} sequences): "
         f"{result['data_source']}",
-        f"checkpoint: {result['checkpoint']['path']} (step {result['checkpoint']['step']}); "
+        f"checkpoint: {result['checkpoint']['path']} ({_which(result['checkpoint'])}); "
         f"SSIM data_range {result['ssim_data_range']:.1f}",
         f"{'predictor':<12}{'MSE':>10}{'MAE':>10}{'SSIM':>9}{'PSNR':>9}",
     ]

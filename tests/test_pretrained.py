@@ -170,7 +170,7 @@ def test_evaluate_pretrained_command(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "metrics.json").read_text())
     assert result["num_samples"] == 16 and result["checkpoint"]["name"] == NAMES[0]
-    for f in ("metrics_vs_lead_time.png", "sample_0.png", "sample_0.gif"):
+    for f in ("metrics_vs_lead_time.png", "sample_000.png", "sample_000.gif"):
         assert (out / f).stat().st_size > 0, f
     assert "predictor" in proc.stdout and NAMES[0] in proc.stdout
 
