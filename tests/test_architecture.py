@@ -19,6 +19,9 @@ ALLOWED = {
     ("commands.train", "train"),
     ("commands.evaluate", "evaluation"),
     ("reproduce", "train"),  # a paper row is a training run plus its row.json
+    # `python -m stlight_jax.pretrained ship` packages a finished run and re-scores its first
+    # test sequences through evaluate.py's own path, so the shipped record is what it measures.
+    ("pretrained", "evaluation"),
 }
 
 
