@@ -101,13 +101,12 @@ class Case:
     reset_device_peak: Callable[[], None] | None = None
     read_device_peak_mb: Callable[[], float | None] | None = None
     device_peak_mb: float | None = None
-    # JAX: XLA's own accounting of the compiled executable (arguments + outputs + temps),
-    # probed after timing: an AOT compile before the first call could pre-empt its compile.
-    xla_memory_probe: Callable[[], float | None] | None = None
+    # JAX: one AOT compile of the case, probed after timing (an AOT compile before the first
+    # call could pre-empt its compile), giving XLA's own accounting of the executable
+    # (arguments + outputs + temps) and its cost analysis's bytes read and written (an
+    # estimate: what the fusions touch, caches ignored; for the memory-bandwidth share).
+    xla_probe: Callable[[], tuple[float | None, float | None]] | None = None
     xla_memory_mb: float | None = None
-    # JAX: XLA's cost analysis of the compiled executable: bytes its fused ops read and write
-    # (an estimate: what the fusions touch, caches ignored), for the memory-bandwidth share.
-    xla_bytes_probe: Callable[[], float | None] | None = None
     xla_bytes_accessed: float | None = None
     # JAX: executables the jitted function holds after timing (1: no call recompiled it).
     count_compiles: Callable[[], int] | None = None
@@ -351,37 +350,40 @@ def jax_cases(cfg, args, x: np.ndarray, y: np.ndarray) -> tuple[list[Case], dict
         Case("stlight-jax forward", fwd_fn, b, **peaks),
         Case("stlight-jax train step", step_fn, b, **peaks),
     ]
-    cases[0].xla_memory_probe = lambda: _xla_memory_mb(forward, fwd_params, fwd_stats, xj)
-    cases[1].xla_memory_probe = lambda: _xla_memory_mb(jitted, holder["state"], batch)
-    cases[0].xla_bytes_probe = lambda: _xla_bytes_accessed(forward, fwd_params, fwd_stats, xj)
-    cases[1].xla_bytes_probe = lambda: _xla_bytes_accessed(jitted, holder["state"], batch)
+    cases[0].xla_probe = lambda: _xla_analyses(forward, fwd_params, fwd_stats, xj)
+    cases[1].xla_probe = lambda: _xla_analyses(jitted, holder["state"], batch)
     _listen_to_jax_compiles()
     cases[0].count_compiles = forward._cache_size  # private, but the only count jax gives
     cases[1].count_compiles = jitted._cache_size
     return cases, info
 
 
-def _xla_memory_mb(jitted, *args) -> float | None:
-    """Arguments + outputs + temps of the compiled executable, minus donated aliases: what the
-    step needs on the device, as XLA plans it (None where the backend does not say)."""
+def _xla_analyses(jitted, *args) -> tuple[float | None, float | None]:
+    """(MB the compiled executable needs on the device: arguments + outputs + temps minus
+    donated aliases, as XLA plans it; XLA's 'bytes accessed'), from one compile; either is
+    None where the backend does not say."""
     try:
-        m = jitted.lower(*args).compile().memory_analysis()
-        total = (
+        compiled = jitted.lower(*args).compile()
+    except Exception:
+        return None, None
+    try:
+        m = compiled.memory_analysis()
+        memory_mb = (
             m.argument_size_in_bytes
             + m.output_size_in_bytes
             + m.temp_size_in_bytes
             - m.alias_size_in_bytes
-        )
+        ) / 2**20
     except Exception:  # memory_analysis is optional per backend
-        return None
-    return total / 2**20
+        memory_mb = None
+    return memory_mb, xla_bytes_accessed(compiled)
 
 
-def _xla_bytes_accessed(jitted, *args) -> float | None:
-    """'bytes accessed' from XLA's cost analysis of the compiled executable (None where the
+def xla_bytes_accessed(compiled) -> float | None:
+    """'bytes accessed' from XLA's cost analysis of a compiled executable (None where the
     backend does not say)."""
     try:
-        cost = jitted.lower(*args).compile().cost_analysis()
+        cost = compiled.cost_analysis()
         if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
             cost = cost[0]
         value = cost.get("bytes accessed")
@@ -419,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--no-xla-probes",
         dest="xla_probes",
         action="store_false",
-        help="skip XLA's memory and cost analyses after timing (each compiles the case again)",
+        help="skip XLA's memory and cost analyses after timing (they compile the case again)",
     )
     p.add_argument("--torch-compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument(
@@ -507,10 +509,8 @@ def main(argv: list[str] | None = None) -> dict:
             c.peak_mb = peaks[c.name]
             if c.count_compiles and c.error is None:
                 c.compiles = c.count_compiles()
-            if c.xla_memory_probe and c.error is None and args.xla_probes:
-                c.xla_memory_mb = c.xla_memory_probe()
-            if c.xla_bytes_probe and c.error is None and args.xla_probes:
-                c.xla_bytes_accessed = c.xla_bytes_probe()
+            if c.xla_probe and c.error is None and args.xla_probes:
+                c.xla_memory_mb, c.xla_bytes_accessed = c.xla_probe()
         summaries = {c.name: c.summary() for c in cases}
         result["runs"].append({"batch": b, "cases": summaries})
         rows.append((b, summaries))

@@ -192,6 +192,7 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
                 cases[name] = {"error": errors[0]}
                 continue
             med = statistics.median(times)
+            bytes_accessed = next((m for m in xla_bytes if m), None)
             flops = case_flops(cfg, batch, kind)
             gflops = flops / med / 1e9
             cases[name] = {
@@ -213,10 +214,8 @@ def summarise(batch: int, rounds: list[dict], cfg, peak_gflops: float | None) ->
                 "xla_memory_mb": next((m for m in xla_mem if m), None),
                 # JAX only: XLA's estimate of the bytes the compiled step reads and writes, and
                 # that over the median time (compare with the device's copy bandwidth).
-                "xla_bytes_accessed": next((m for m in xla_bytes if m), None),
-                "xla_gbytes_per_s": (
-                    next((m for m in xla_bytes if m), 0) / med / 1e9 if any(xla_bytes) else None
-                ),
+                "xla_bytes_accessed": bytes_accessed,
+                "xla_gbytes_per_s": bytes_accessed / med / 1e9 if bytes_accessed else None,
                 "device_peak_mb": max((m for m in dev_peak if m), default=None),
                 "errors": errors,
             }

@@ -75,19 +75,16 @@ def get_config(arg: str | None = None):
         config.optimizer.learning_rate = 2e-2
         config.data.batch_size = 4
         config.data.num_train = 2_000
-        config.data.num_val = 500
-        config.data.eval_batch_size = 50
-        config.num_epochs = 10
-        config.log_every_steps = 100
     elif size == "cpu_2h":
         config.model.update(model_fields(PAPER_SIZES["mmnist_S"][0], dim=256, depth=8, patch=4))
         config.optimizer.learning_rate = 3e-3
         config.data.batch_size = 8
         config.data.num_train = 4_000
+    else:
+        config.model.update(model_fields(PAPER_SIZES[f"mmnist_{size}"][0]))
+    if size in ("cpu", "cpu_2h"):  # the CPU models: 10 epochs, 500 validation sequences
         config.data.num_val = 500
         config.data.eval_batch_size = 50
         config.num_epochs = 10
         config.log_every_steps = 100
-    else:
-        config.model.update(model_fields(PAPER_SIZES[f"mmnist_{size}"][0]))
     return config

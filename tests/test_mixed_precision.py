@@ -13,14 +13,19 @@ from stlight_jax import optim, schedules, sharding
 from stlight_jax.steps import create_train_state, create_train_step
 
 
-def _run(compute_dtype: str, data_path: str, steps: int = 3):
+def _train_step(compute_dtype: str, data_path: str):
+    """(initial state, jitted train step, mesh) of the tiny config in `compute_dtype`."""
     config = tiny_config.get_config(data_path)
     config.compute_dtype = compute_dtype
     scheds = schedules.create_schedules(config, 4)
     tx = optim.create_optimizer(config, scheds)
     graphdef, state = create_train_state(config, tx)
     mesh = sharding.create_mesh(jax.devices()[:1])
-    step = create_train_step(graphdef, tx, scheds.lr, mesh)
+    return state, create_train_step(graphdef, tx, scheds.lr, mesh), mesh
+
+
+def _run(compute_dtype: str, data_path: str, steps: int = 3):
+    state, step, mesh = _train_step(compute_dtype, data_path)
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(steps):
@@ -49,14 +54,9 @@ def test_bf16_compute_with_float32_state(tmp_path):
 
 def _conv_and_dot_operand_types(compute_dtype: str, data_path: str) -> list[str]:
     """The element types of every convolution and matmul in the train step's program."""
-    config = tiny_config.get_config(data_path)
-    config.compute_dtype = compute_dtype
-    scheds = schedules.create_schedules(config, 4)
-    tx = optim.create_optimizer(config, scheds)
-    graphdef, state = create_train_state(config, tx)
-    mesh = sharding.create_mesh(jax.devices()[:1])
+    state, step, _ = _train_step(compute_dtype, data_path)
     batch = {k: np.zeros((8, 4, 16, 16, 1), np.float32) for k in ("inputs", "targets")}
-    text = create_train_step(graphdef, tx, scheds.lr, mesh).lower(state, batch).as_text()
+    text = step.lower(state, batch).as_text()
     ops = [
         line.rsplit(":", 1)[1]
         for line in text.splitlines()
