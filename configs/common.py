@@ -76,6 +76,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.optimizer.warmup_lr = 1e-5
 
     config.num_epochs = 200
+    config.l1_weight = 0.0  # training loss: MSE (the paper's) + l1_weight * MAE
     config.compute_dtype = "float32"  # 'float32' | 'bfloat16' (params and BN stats stay f32)
     config.eval_every_epochs = 1
     config.log_every_steps = 50

@@ -130,6 +130,7 @@ RULES: dict[str, _Rule] = {
     "optimizer.warmup_epochs": _integer(0),
     "optimizer.warmup_lr": _number(ge=0),
     "num_epochs": _integer(1),
+    "l1_weight": _number(ge=0),
     "compute_dtype": _choice("float32", "bfloat16"),
     "eval_every_epochs": _integer(0),
     "log_every_steps": _integer(0),

@@ -126,7 +126,7 @@ def _train_and_evaluate(
             manager=manager,
             writer=writer,
             train_iter=train_iter,
-            train_step=create_train_step(graphdef, tx, scheds.lr, mesh),
+            train_step=create_train_step(graphdef, tx, scheds.lr, mesh, config.l1_weight),
             eval_step=create_eval_step(graphdef, mesh),
             steps_per_epoch=steps_per_epoch,
             total_steps=steps_per_epoch * config.num_epochs,
