@@ -68,12 +68,6 @@ def test_beats_predicting_zeros_on_mse(shipped):
     assert full["model"]["psnr"] > full["zeros"]["psnr"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 21 asks for more than the shipped CPU model reaches: its SSIM and MAE are "
-    "still below predicting zeros (README, 'A trained model'); strict, so a model that gets "
-    "there makes this test pass and the marker must go",
-)
 def test_beats_predicting_zeros_on_every_metric(shipped):
     name, record, now = shipped
     model, zeros = now["model"], now["zeros"]
