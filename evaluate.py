@@ -23,11 +23,11 @@ written stops at once (lock file .<name>.lock beside it).
 Multi-host: start the same command on every host with --coordinator_address, --num_processes
 and --process_id (or --distributed), as for train.py; every process reads its share of the
 split (predict mode: the whole --input, which must be the same file everywhere) and process 0
-writes the same files a single process would. Everything lives in `stlight_jax.evaluation.run`
-(and `stlight_jax.predict` for predict mode).
+writes the same files a single process would. Everything lives in `stlight_jax.evaluation.runner`
+(and `stlight_jax.evaluation.predict` for predict mode).
 """
 
-from stlight_jax.commands.evaluate import main
+from stlight_jax.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

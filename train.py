@@ -8,10 +8,10 @@ Multi-host: start one process per host with --coordinator_address, --num_process
 --process_id (or let jax.distributed.initialize detect a cluster with --distributed).
 A bad flag or input stops it with one line on stderr and exit status 2 (--verbose_errors or
 STLIGHT_VERBOSE_ERRORS=1: the traceback). Everything else lives in
-`stlight_jax.train.train_and_evaluate`.
+`stlight_jax.training.loop.train_and_evaluate`.
 """
 
-from stlight_jax.commands.train import main
+from stlight_jax.cli.train import main
 
 if __name__ == "__main__":
     main()

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks.bench import write_result
     from stlight_jax import sharding, steps
-    from stlight_jax.config_io import load_config, model_config
+    from stlight_jax.config.files import load_config, model_config
     from stlight_jax.models import create_model
 
     config = load_config(args.config)

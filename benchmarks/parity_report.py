@@ -32,7 +32,7 @@ def main() -> None:
     from flax import nnx
     from test_parity import CONFIGS, IMPLS
 
-    from stlight_jax import convert
+    from stlight_jax.weights import torch_files as convert
     from stlight_jax.models import create_model
     from stlight_jax.reference import reference_from_config
 

@@ -50,7 +50,7 @@ def analyse(config_spec: str, compute_dtype: str, batch: int | None, conv_impl: 
     import optax
 
     from stlight_jax import sharding, steps
-    from stlight_jax.config_io import load_config
+    from stlight_jax.config.files import load_config
 
     config = load_config(config_spec)
     config.compute_dtype = compute_dtype

@@ -63,7 +63,11 @@ class _Jax:
     def __init__(self, config, weights: str, steps_per_epoch: int):
         import jax
 
-        from stlight_jax import config_io, convert, optim, schedules, sharding, steps
+        from stlight_jax import sharding, steps
+        from stlight_jax.config import files as config_io
+        from stlight_jax.weights import torch_files as convert
+        from stlight_jax.training import optimizer as optim
+        from stlight_jax.training import schedules
         from stlight_jax.models import create_model
 
         self.sharding = sharding
@@ -91,7 +95,8 @@ class _Torch:
     def __init__(self, config, weights: str, total_steps: int, threads: int):
         import torch
 
-        from stlight_jax import config_io, convert
+        from stlight_jax.config import files as config_io
+        from stlight_jax.weights import torch_files as convert
         from stlight_jax.reference import reference_from_config
 
         torch.set_num_threads(threads)
@@ -140,7 +145,8 @@ class _Torch:
 
 def worker(args) -> dict:
     """One side: trains for `args.budget` seconds of training time, evaluating on the way."""
-    from stlight_jax import config_io, data
+    from stlight_jax import data
+    from stlight_jax.config import files as config_io
 
     config = config_io.load_config(args.config)
     config.data.num_val = args.num_val
@@ -246,7 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
         return res
 
     from benchmarks.bench import machine_info, write_result
-    from stlight_jax import config_io, convert, runtime
+    from stlight_jax import runtime
+    from stlight_jax.config import files as config_io
+    from stlight_jax.weights import torch_files as convert
     from stlight_jax.models import create_model
 
     try:

@@ -28,7 +28,7 @@ to the end here.
 
 from __future__ import annotations
 
-from configs import mmnist
+from stlight_jax.configs import mmnist
 
 ROWS = {
     "thirds": {"skip": "thirds"},

@@ -18,7 +18,7 @@ model defaults to STLight-S-like sizes with OneCycle at lr 3e-3 for 100 epochs; 
 
 from __future__ import annotations
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 
 
 def get_config(arg: str | None = None):

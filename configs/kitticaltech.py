@@ -30,7 +30,7 @@ expect; nothing here has been trained to 100 epochs yet.
 
 from __future__ import annotations
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 
 # name -> (dim, depth); the counts in the docstring are checked by tests/test_configs_and_cli.py.
 SIZES = {

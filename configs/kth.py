@@ -12,7 +12,7 @@ largest model): MAE 363.8, PSNR 27.57, SSIM 0.9113.
 
 from __future__ import annotations
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 
 DIMS = {"S": 264, "M": 548, "L": 736, "XL": 920}
 

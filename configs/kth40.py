@@ -12,7 +12,7 @@ Sized for one GPU. Nothing here has been trained to 100 epochs yet.
 
 from __future__ import annotations
 
-from configs import kth
+from stlight_jax.configs import kth
 
 
 def get_config(arg: str | None = None):

@@ -54,7 +54,7 @@ better than both on all four metrics, short of the issue's aim (MSE <= 60, SSIM 
 
 from __future__ import annotations
 
-from configs.common import get_base_config, model_fields
+from stlight_jax.configs.common import get_base_config, model_fields
 from stlight_jax.model_size import PAPER_SIZES
 
 SIZES = ("XS", "S", "M", "L", "XL", "cpu", "cpu_2h")

@@ -14,7 +14,7 @@ way; set `--config.data.num_val=1000` to hold out training samples instead. Size
 
 from __future__ import annotations
 
-from configs.common import get_base_config, model_fields
+from stlight_jax.configs.common import get_base_config, model_fields
 from stlight_jax.model_size import PAPER_SIZES
 
 SIZES = ("S", "M", "L")

@@ -60,7 +60,7 @@ class Predictor:
         (autoregressive, as evaluate.py). Inputs run in batches of
         `config.data.eval_batch_size`; each input shape compiles once.
         """
-        from stlight_jax import predict
+        from stlight_jax.evaluation import predict
 
         cfg = self.model_config
         x, _ = predict.prepare_input(np.asarray(frames), cfg)
@@ -105,7 +105,7 @@ def resolve_source(source: str) -> tuple[str, str | None]:
 def load_any_config(config: Any) -> ml_collections.ConfigDict:
     """A ConfigDict as is; a config file spec ('configs/mmnist.py:S', a config.json, a workdir)
     through `config_io.load_config`."""
-    from stlight_jax import config_io
+    from stlight_jax.config import files as config_io
 
     if isinstance(config, ml_collections.ConfigDict):
         return config
@@ -127,7 +127,8 @@ def load_model_from(
 
     `conv_impl` overrides the config's depthwise conv formulation (same weights, same
     function; exports use the portable 'lax' one)."""
-    from stlight_jax import pretrained, weights
+    from stlight_jax import pretrained
+    from stlight_jax.weights import loading as weights
 
     if os.path.isfile(source) and pretrained.name_of_path(source):
         source = pretrained.name_of_path(source)

@@ -86,7 +86,7 @@ def reference_module(loaded: Any) -> Any:
     video (N, T, H, W, C) like the JAX model, in eval mode."""
     import torch
 
-    from stlight_jax import convert
+    from stlight_jax.weights import torch_files as convert
     from stlight_jax.reference import reference_from_config
 
     cfg = loaded.model_config
@@ -165,7 +165,8 @@ def check_onnx(loaded: Any, path: str, batch: int, tolerance: float = 1e-5) -> f
 
 
 def main(argv: list[str] | None = None) -> None:
-    from stlight_jax import api, cli_errors
+    from stlight_jax import api
+    from stlight_jax.cli import errors as cli_errors
 
     parser = argparse.ArgumentParser(
         prog="stlight-export",

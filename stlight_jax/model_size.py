@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from stlight_jax.layout import count_trainable
+from stlight_jax.weights.param_table import count_trainable
 from stlight_jax.models import ModelConfig
 
 

@@ -140,8 +140,8 @@ def score_first_sequences(
 ) -> dict[str, Any]:
     """Metrics of the model and the baselines on the first `num` test sequences (generated
     into `data_dir`), from the weights file as shipped: what the test reproduces."""
-    from stlight_jax import evaluation
-    from stlight_jax import weights as weights_lib
+    from stlight_jax.evaluation import runner as evaluation
+    from stlight_jax.weights import loading as weights_lib
 
     config = ml_collections.ConfigDict(config.to_dict())
     config.data.num_test = num
@@ -169,7 +169,8 @@ def ship(
     import shutil
     import tempfile
 
-    from stlight_jax import config_io, convert
+    from stlight_jax.config import files as config_io
+    from stlight_jax.weights import torch_files as convert
     from stlight_jax.model_size import model_size
     from stlight_jax.writers import to_json
 
@@ -252,7 +253,7 @@ def ship(
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from stlight_jax import cli_errors
+    from stlight_jax.cli import errors as cli_errors
 
     parser = argparse.ArgumentParser(
         prog="python -m stlight_jax.pretrained",

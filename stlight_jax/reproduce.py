@@ -212,7 +212,7 @@ def _set_field(config, key: str, value: Any, where: str) -> None:
 
 def row_config(row: Row, data: str | None = None, sets: Sequence[tuple[str, Any]] = ()):
     """The row's training config: its spec, its overrides, `--data`, then `--set`s."""
-    from stlight_jax.config_io import load_config
+    from stlight_jax.config.files import load_config
 
     path = os.path.join(REPO, row.spec)  # a checkout; else load_config finds the packaged one
     config = load_config(path if os.path.exists(path.partition(":")[0]) else row.spec)
@@ -258,7 +258,7 @@ def expected_hours(config) -> float:
     """Estimated hours of `config`'s training and test on one A6000 (see the comment above)."""
     from stlight_jax.model_size import PAPER_SIZES, model_size
     from stlight_jax.models import ModelConfig
-    from stlight_jax.weights import model_config
+    from stlight_jax.weights.loading import model_config
 
     ref = model_size(ModelConfig(**PAPER_SIZES["mmnist_L"][0])).true_macs
     per_sample = H200_L_STEP_S / H200_L_BATCH * A6000_OVER_H200
@@ -352,7 +352,7 @@ def run_row(
     """Trains and tests row `name` into `workdir`/run, writes `workdir`/row.json and returns it;
     None when a signal stopped the run (rerun to resume). `dry_run_data`: a folder for the
     tiny synthetic data of a dry run (the row's config is then shrunk, `shrink_for_dry_run`)."""
-    from stlight_jax.train import train_and_evaluate
+    from stlight_jax.training.loop import train_and_evaluate
 
     row = get_row(name)
     config = row_config(row, data, sets)
@@ -573,7 +573,7 @@ def render_table(dirs: Sequence[str] = ()) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from stlight_jax import cli_errors
+    from stlight_jax.cli import errors as cli_errors
 
     parser = argparse.ArgumentParser(
         prog=PROG,

@@ -13,7 +13,7 @@ import optax
 from flax import nnx
 
 from stlight_jax import data, metrics
-from stlight_jax.config_io import model_config
+from stlight_jax.config.files import model_config
 from stlight_jax.models import STLight, create_model
 from stlight_jax.sharding import batch_sharded, global_batch, replicate, replicated
 

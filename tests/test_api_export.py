@@ -16,17 +16,18 @@ from conftest import max_rel_err
 
 import stlight_jax
 import stlight_jax.api
-from stlight_jax import convert, export
+from stlight_jax import export
+from stlight_jax.weights import torch_files as convert
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.steps import apply_model
-from stlight_jax.weights import load_model
+from stlight_jax.weights.loading import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = ModelConfig(
     frames_in=3, frames_out=2, channels=2, image_size=(8, 12), dim=8, depth=3, patch=2
 )
 CONFIG_PY = f"""
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 
 
 def get_config(arg=None):
@@ -93,7 +94,7 @@ def test_load_and_predict(weights, rng):
 def test_load_workdir_and_checkpoint(tmp_path, rng):
     from tiny_config import get_config, write_data
 
-    from stlight_jax.train import train_and_evaluate
+    from stlight_jax.training.loop import train_and_evaluate
 
     config = get_config(write_data(str(tmp_path / "data.npz")))
     config.num_epochs = 1
@@ -114,7 +115,7 @@ def _readme_block(heading: str) -> str:
 def test_readme_api_example_runs_from_another_directory(tmp_path, monkeypatch):
     """The README's example, verbatim, in a directory without configs/: the paper's config
     comes from the installed package."""
-    from configs.mmnist import get_config
+    from stlight_jax.configs.mmnist import get_config
 
     cfg = ModelConfig.from_config(get_config("cpu").model)
     weights = convert.model_state_dict(create_model(cfg, seed=4))

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from stlight_jax.config_io import load_config
+from stlight_jax.config.files import load_config
 from stlight_jax.model_size import PAPER_SIZES, model_size
 from stlight_jax.models import ModelConfig
 
@@ -44,7 +44,7 @@ def test_unknown_size_is_an_error():
 
 
 def test_ablation_rows_change_one_switch_of_the_mmnist_config():
-    from configs import ablations
+    from stlight_jax.configs import ablations
 
     for row, switch in ablations.ROWS.items():
         for size in ablations.SIZES:
@@ -60,7 +60,7 @@ def test_ablation_rows_change_one_switch_of_the_mmnist_config():
 
 
 def test_kitticaltech_sizes_span_figure_4_with_the_stated_counts():
-    from configs import kitticaltech
+    from stlight_jax.configs import kitticaltech
 
     doc = kitticaltech.__doc__
     counts = []
@@ -155,7 +155,7 @@ def test_convert_cli_round_trip(tmp_path):
 
 _UNRAISABLE = """
 import asyncio, gc, logging, sys
-from stlight_jax import cli_errors
+from stlight_jax.cli import errors as cli_errors
 
 logging.basicConfig()  # as absl does: asyncio's complaints reach stderr
 

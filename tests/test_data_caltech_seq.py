@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 from stlight_jax.data import kitticaltech as kc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -256,9 +256,9 @@ def test_test_split_from_seq_folders(tmp_path):
 def test_evaluate_on_a_tiny_seq_set(tmp_path):
     """evaluate.py scores a model (random weights, written as a PyTorch state_dict) on the
     test split built from set*/V*.seq folders."""
-    from stlight_jax import convert
-    from stlight_jax.layout import expected_torch_shapes
-    from stlight_jax.weights import model_config
+    from stlight_jax.weights import torch_files as convert
+    from stlight_jax.weights.param_table import expected_torch_shapes
+    from stlight_jax.weights.loading import model_config
 
     root = _seq_root(tmp_path)
     rng = np.random.default_rng(0)

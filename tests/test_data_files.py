@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 from stlight_jax import data
 from stlight_jax.data import kth
 
@@ -275,7 +275,7 @@ def test_kth_errors(tmp_path):
 
 
 def test_kth_10_to_40_uses_50_frame_windows_and_the_same_split(tmp_path):
-    from configs import kth40
+    from stlight_jax.configs import kth40
 
     root = _kth_root(tmp_path, frames=105, size=(8, 8))
     c = kth40.get_config("S")

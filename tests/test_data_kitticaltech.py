@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 from stlight_jax import data
 from stlight_jax.data import kitticaltech
 

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 from stlight_jax.data import moving_mnist as mm
 from stlight_jax.data import pipeline
 from stlight_jax.data.mnist import load_digits
@@ -117,7 +117,7 @@ def digits_npz(tmp_path):
 
 _CHILD = """
 import hashlib, json, sys
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 from stlight_jax.data import get_dataset
 c = get_base_config()
 c.data.mnist_path, c.data.data_dir = sys.argv[1], sys.argv[2]

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 from stlight_jax import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def config(tmp_path):
 _RESUME_CHILD = """
 import json, sys
 import numpy as np
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 from stlight_jax import data
 c = get_base_config()
 c.update_from_flattened_dict(json.loads(sys.argv[1]))

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 from stlight_jax import data
 from stlight_jax.data import mnist, tfds_sources
 
@@ -157,9 +157,9 @@ def test_training_path_never_imports_tensorflow(prepared, tmp_path):
     tfds_dir, _ = prepared
     code = f"""
 import sys
-import stlight_jax.train
+import stlight_jax.training.loop
 from stlight_jax import data
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 c = get_base_config()
 c.data.tfds_dir, c.data.data_dir, c.data.test_source = {tfds_dir!r}, {str(tmp_path)!r}, "tfds"
 c.data.num_train, c.data.num_val, c.data.batch_size, c.data.eval_batch_size = 8, 4, 4, 4

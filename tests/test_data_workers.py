@@ -13,7 +13,8 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from stlight_jax import checkpoint, data
+from stlight_jax import data
+from stlight_jax.checkpoints import manager as checkpoint
 from tests import tiny_config
 
 

@@ -18,7 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from stlight_jax import data, optim, schedules, sharding
+from stlight_jax import data, sharding
+from stlight_jax.training import optimizer as optim
+from stlight_jax.training import schedules
 from stlight_jax.steps import create_train_state, create_train_step
 from tests import tiny_config
 
@@ -32,7 +34,10 @@ if mode == "dp8":
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from stlight_jax import checkpoint, data, optim, schedules, sharding
+from stlight_jax import data, sharding
+from stlight_jax.checkpoints import manager as checkpoint
+from stlight_jax.training import optimizer as optim
+from stlight_jax.training import schedules
 from stlight_jax.steps import create_train_state, create_train_step
 from tests import tiny_config
 

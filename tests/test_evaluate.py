@@ -1,4 +1,4 @@
-"""evaluate.py and stlight_jax.evaluation on a tiny trained workdir: files, metrics, rollout."""
+"""evaluate.py and stlight_jax.evaluation.runner on a tiny trained workdir: files, metrics, rollout."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs.mmnist import get_config
-from stlight_jax import config_io, evaluation, metrics, predict, visualize, weights, writers
+from stlight_jax.configs.mmnist import get_config
+from stlight_jax import metrics, writers
+from stlight_jax.config import files as config_io
+from stlight_jax.evaluation import runner as evaluation
+from stlight_jax.evaluation import predict
+from stlight_jax.evaluation import visualize
+from stlight_jax.weights import loading as weights
 from stlight_jax.models import ModelConfig
 from stlight_jax.steps import apply_model
 
@@ -31,7 +36,7 @@ def _strict_load(path: str) -> dict:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> str:
-    from stlight_jax.train import train_and_evaluate
+    from stlight_jax.training.loop import train_and_evaluate
 
     root = tmp_path_factory.mktemp("eval")
     c = get_config("cpu")
@@ -275,7 +280,7 @@ def test_cli_rejects_bad_input_with_expected_shape(workdir, tmp_path):
 def test_weights_step_and_ssim_range(loaded, workdir, tmp_path):
     from flax import nnx
 
-    from stlight_jax import convert
+    from stlight_jax.weights import torch_files as convert
 
     # Export the trained weights as a PyTorch file and score them through the converter.
     model = nnx.merge(loaded.graphdef, loaded.params, loaded.batch_stats)

@@ -137,7 +137,7 @@ def assert_same_outputs(got_dir, want_dir) -> None:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> str:
-    from stlight_jax.train import train_and_evaluate
+    from stlight_jax.training.loop import train_and_evaluate
 
     root = tmp_path_factory.mktemp("multihost_eval")
     path = tiny_config.write_data(str(root / "data.npz"))

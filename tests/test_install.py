@@ -42,7 +42,7 @@ def test_pip_install_runs_from_another_directory(tmp_path):
         top = {"runs", "data", "build"} if os.path.samefile(folder, ROOT) else set()
         return set(everywhere(folder, names)) | (top & set(names))
 
-    shutil.copytree(ROOT, src, ignore=ignore)
+    shutil.copytree(ROOT, src, ignore=ignore, symlinks=True)  # stlight_jax/configs, as git has it
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
@@ -61,14 +61,17 @@ def test_pip_install_runs_from_another_directory(tmp_path):
     elsewhere.mkdir()
     # The installed copy is imported, and its dependencies are requirements.txt's ranges.
     out = _run(
-        [python, "-c", "import importlib.metadata as m, stlight_jax, configs.mmnist; "
-         "print(stlight_jax.__file__); print(configs.mmnist.__file__); "
+        [python, "-c", "import importlib.metadata as m, stlight_jax, stlight_jax.configs.mmnist; "
+         "print(stlight_jax.__file__); print(stlight_jax.configs.mmnist.__file__); "
          "print('\\n'.join(r for r in m.requires('stlight-jax') if 'extra ==' not in r))"],
         elsewhere,
         env,
     )  # fmt: skip
     module, config_module, *requires = out.splitlines()
     assert module.startswith(site.strip()) and config_module.startswith(site.strip())
+    # The paper's configs install inside the package, not as a top-level `configs`.
+    assert not os.path.exists(os.path.join(site.strip(), "configs"))
+    assert os.path.isfile(os.path.join(site.strip(), "stlight_jax", "configs", "mmnist.py"))
     want = _requirements(os.path.join(ROOT, "requirements.txt"))
     assert sorted(map(_normal, requires)) == want
     for script in SCRIPTS:
@@ -76,8 +79,8 @@ def test_pip_install_runs_from_another_directory(tmp_path):
     # One command from another directory, with the paper's config by its checkout path.
     weights = elsewhere / "w.safetensors"
     _run(
-        [python, "-c", "from stlight_jax import convert; from stlight_jax.models import "
-         "ModelConfig, create_model; from stlight_jax.config_io import load_config; "
+        [python, "-c", "from stlight_jax.weights import torch_files as convert; from stlight_jax.models import "
+         "ModelConfig, create_model; from stlight_jax.config.files import load_config; "
          "c = load_config('configs/mmnist.py:cpu'); "
          "m = create_model(ModelConfig.from_config(c.model), seed=1); "
          f"convert.save_state_dict_file(convert.model_state_dict(m), {str(weights)!r})"],

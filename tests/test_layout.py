@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stlight_jax import layout
+from stlight_jax.weights import param_table as layout
 from stlight_jax.models import ModelConfig, create_model
 
 TINY = ModelConfig(

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import tiny_config
 
-from stlight_jax import optim, schedules, sharding
+from stlight_jax import sharding
+from stlight_jax.training import optimizer as optim
+from stlight_jax.training import schedules
 from stlight_jax.steps import create_train_state, create_train_step
 
 

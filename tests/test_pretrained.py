@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from stlight_jax import api, evaluation, pretrained
+from stlight_jax import api, pretrained
+from stlight_jax.evaluation import runner as evaluation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = pretrained.available()

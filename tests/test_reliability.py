@@ -17,16 +17,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from stlight_jax import (
-    checkpoint,
-    cli_errors,
-    config_io,
-    config_validation,
-    convert,
-    data,
-    train,
-    workdir_lock,
-)
+from stlight_jax import data
+from stlight_jax.checkpoints import manager as checkpoint
+from stlight_jax.cli import errors as cli_errors
+from stlight_jax.config import files as config_io
+from stlight_jax.config import validation as config_validation
+from stlight_jax.weights import torch_files as convert
+from stlight_jax.training import loop as train
+from stlight_jax.training import workdir_lock
 from stlight_jax.models import create_model
 from tests import tiny_config
 from tests.test_train import abstract_state, read_jsonl, train_steps
@@ -78,7 +76,10 @@ def test_half_precision_weights_import_as_float32(config, tmp_path, dtype):
 def _first_step_loss(config, init_from: str | None) -> float:
     """The loss of train.py's first step from `init_from`'s weights (None: a fresh init),
     computed here with the same train step on the same first batch."""
-    from stlight_jax import optim, schedules, sharding, steps, weights
+    from stlight_jax import sharding, steps
+    from stlight_jax.training import optimizer as optim
+    from stlight_jax.training import schedules
+    from stlight_jax.weights import loading as weights
 
     scheds = schedules.create_schedules(config, data.steps_per_epoch(config))
     tx = optim.create_optimizer(config, scheds)
@@ -166,7 +167,7 @@ def test_inf_in_lone_custom_array_is_refused(config, tmp_path):
 
 
 def test_nan_in_taxibj_is_refused(tmp_path):
-    from configs.common import get_base_config
+    from stlight_jax.configs.common import get_base_config
 
     rng = np.random.default_rng(1)
     arrays = {
@@ -248,17 +249,17 @@ def test_every_shipped_config_passes_validation():
     import importlib
 
     args = {
-        "mmnist": importlib.import_module("configs.mmnist").SIZES,
-        "taxibj": importlib.import_module("configs.taxibj").SIZES,
-        "kth": tuple(importlib.import_module("configs.kth").DIMS),
+        "mmnist": importlib.import_module("stlight_jax.configs.mmnist").SIZES,
+        "taxibj": importlib.import_module("stlight_jax.configs.taxibj").SIZES,
+        "kth": tuple(importlib.import_module("stlight_jax.configs.kth").DIMS),
         "kth40": (None,),
-        "kitticaltech": tuple(importlib.import_module("configs.kitticaltech").SIZES),
+        "kitticaltech": tuple(importlib.import_module("stlight_jax.configs.kitticaltech").SIZES),
         "custom": (None,),
-        "ablations": tuple(importlib.import_module("configs.ablations").ROWS),
+        "ablations": tuple(importlib.import_module("stlight_jax.configs.ablations").ROWS),
     }
     for name, choices in args.items():
         for arg in choices:
-            config = importlib.import_module(f"configs.{name}").get_config(arg)
+            config = importlib.import_module(f"stlight_jax.configs.{name}").get_config(arg)
             config_validation.validate(config)
     # Every field of the base schema has a rule (a new field without one is type-checked only).
     assert not config_validation._schema_defaults()
@@ -380,7 +381,7 @@ def test_convert_and_evaluate_cli_bad_files_are_one_line_exit_2(config, tmp_path
 
 _HOLDER = """
 import sys, time
-from stlight_jax import workdir_lock
+from stlight_jax.training import workdir_lock
 with workdir_lock.hold(sys.argv[1]):
     print("held", flush=True)
     time.sleep(120)
@@ -575,7 +576,8 @@ def _garble_biggest_chunk(step_dir: str) -> None:
 def test_damaged_digests_never_let_a_step_be_used(trained_workdir, tmp_path, damage):
     import shutil
 
-    from stlight_jax import evaluation, weights
+    from stlight_jax.evaluation import runner as evaluation
+    from stlight_jax.weights import loading as weights
 
     config, original = trained_workdir
     workdir = str(tmp_path / "run")
@@ -780,7 +782,7 @@ _LOCK_WORKER = """
 import sys
 import jax
 jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[3]))
-from stlight_jax import workdir_lock
+from stlight_jax.training import workdir_lock
 try:
     with workdir_lock.hold_for_job(sys.argv[1]):
         print("locked", jax.process_index(), flush=True)

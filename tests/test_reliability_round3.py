@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from stlight_jax import train
+from stlight_jax.training import loop as train
 from tests import tiny_config
 from tests.test_reliability import REPO, _half_state_dict, _run, assert_one_line_error
 
@@ -94,7 +94,9 @@ def _no_space(*args, **kwargs):
 def test_evaluate_output_set_is_whole_after_a_full_disk_an_interrupt_or_a_second_run(
     config, weights, tmp_path, monkeypatch
 ):
-    from stlight_jax import evaluation, output_set, visualize
+    from stlight_jax.evaluation import runner as evaluation
+    from stlight_jax.evaluation import output_set
+    from stlight_jax.evaluation import visualize
 
     out = tmp_path / "look[1] é"  # any folder name works
     options = evaluation.EvalOptions(
@@ -166,7 +168,7 @@ def _raise(error):
 
 _OUT_HOLDER = """
 import sys, time
-from stlight_jax import output_set
+from stlight_jax.evaluation import output_set
 output_set._lock(sys.argv[1])
 print("held", flush=True)
 time.sleep(120)
@@ -176,7 +178,7 @@ time.sleep(120)
 def test_evaluate_cli_ctrl_c_and_a_second_run_are_one_line_and_keep_the_previous_set(
     config, weights, tmp_path
 ):
-    from stlight_jax import evaluation
+    from stlight_jax.evaluation import runner as evaluation
 
     rng = np.random.default_rng(0)
     data = str(tmp_path / "big.npz")  # 2,000 test sequences: a pass long enough to interrupt
@@ -245,8 +247,8 @@ def test_predict_long_horizon_streams_to_disk_memory_flat_pictures_capped(
 
     from PIL import Image
 
-    from stlight_jax import predict
-    from stlight_jax.weights import load_model
+    from stlight_jax.evaluation import predict
+    from stlight_jax.weights.loading import load_model
 
     loaded = load_model(config, weights=weights)
     with np.load(config.data.path) as z:

@@ -9,10 +9,10 @@ import os
 
 import pytest
 
-from stlight_jax import config_validation
+from stlight_jax.config import validation as config_validation
 from stlight_jax import reproduce as rp
 from stlight_jax.model_size import model_size
-from stlight_jax.weights import model_config
+from stlight_jax.weights.loading import model_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

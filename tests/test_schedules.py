@@ -11,8 +11,9 @@ import optax
 import pytest
 import torch
 
-from configs.common import get_base_config
-from stlight_jax import optim, schedules
+from stlight_jax.configs.common import get_base_config
+from stlight_jax.training import optimizer as optim
+from stlight_jax.training import schedules
 
 # Float64 schedule vs torch's float64: ours avoids the cancellation in torch's own
 # end + (start - end) / 2 * (cos + 1) near the end of a phase, so the two differ by a few

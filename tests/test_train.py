@@ -12,7 +12,11 @@ import sys
 import numpy as np
 import pytest
 
-from stlight_jax import checkpoint, data, optim, schedules, steps, train
+from stlight_jax import data, steps
+from stlight_jax.checkpoints import manager as checkpoint
+from stlight_jax.training import optimizer as optim
+from stlight_jax.training import schedules
+from stlight_jax.training import loop as train
 from tests import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

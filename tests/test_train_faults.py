@@ -16,7 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from stlight_jax import checkpoint, data, train
+from stlight_jax import data
+from stlight_jax.checkpoints import manager as checkpoint
+from stlight_jax.training import loop as train
 from tests import tiny_config
 from tests.test_train import abstract_state, read_jsonl, run_cli, train_steps
 
@@ -72,7 +74,7 @@ def test_non_finite_parameters_stop_and_keep_last_good_checkpoint(config, tmp_pa
     """A finite loss but an update that leaves Inf/NaN weights: a learning rate of Inf for the
     third update (0-based 2). Its loss is that of the finite weights before it; the check of
     the updated parameters stops the run, and step 3 is never saved."""
-    from stlight_jax import schedules
+    from stlight_jax.training import schedules
 
     workdir = str(tmp_path / "run")
     config.checkpoint_every_steps = 1

@@ -13,7 +13,11 @@ import pytest
 from conftest import max_rel_err, randomize_reference, to_torch_video
 from flax import nnx
 
-from stlight_jax import config_io, convert, optim, schedules, sharding, steps
+from stlight_jax import sharding, steps
+from stlight_jax.config import files as config_io
+from stlight_jax.weights import torch_files as convert
+from stlight_jax.training import optimizer as optim
+from stlight_jax.training import schedules
 from stlight_jax.models import create_model
 from stlight_jax.reference import reference_from_config
 from tests import tiny_config

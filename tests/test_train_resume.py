@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from stlight_jax import checkpoint
+from stlight_jax.checkpoints import manager as checkpoint
 from tests import tiny_config
 from tests.test_train import abstract_state, read_jsonl
 
@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # steps 1..KILL_AT done and the last checkpoint at step 6.
 WORKER = """
 import os, signal, sys
-from stlight_jax import data, train
+from stlight_jax import data
+from stlight_jax.training import loop as train
 from tests import tiny_config
 
 data_path, workdir, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from conftest import from_torch_video, max_rel_err, randomize_reference, to_torch_video
 
-from stlight_jax import config_io, convert, weight_layouts
+from stlight_jax.config import files as config_io
+from stlight_jax.weights import torch_files as convert
+from stlight_jax.weights import key_formats as weight_layouts
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.reference import reference_from_config
 
@@ -130,7 +132,7 @@ def _cli(*args, script=("-m", "stlight_jax.convert")):
 
 
 CONFIG_PY = f"""
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 
 
 def get_config(arg=None):
@@ -196,7 +198,7 @@ def test_stf_checkpoint_through_evaluate_and_back_to_stf(tmp_path, rng):
 def test_init_from_reads_stf_layout(tmp_path):
     from flax import nnx
 
-    from stlight_jax import weights
+    from stlight_jax.weights import loading as weights
 
     stf = _stf(seed=5)
     save_like_stf_trainer(stf, CFG, tmp_path / "stf.pth")
@@ -235,7 +237,7 @@ def test_every_layout_table_key_has_a_name_in_each_layout(decoder):
     """The key grammar here covers the parameter layout table for every model variant."""
     import dataclasses
 
-    from stlight_jax.layout import parameter_layout
+    from stlight_jax.weights.param_table import parameter_layout
 
     keys = [e.torch_key for e in parameter_layout(dataclasses.replace(CFG, decoder=decoder))]
     for layout in weight_layouts.LAYOUTS:

@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from stlight_jax import checkpoint, config_io, train
+from stlight_jax.checkpoints import manager as checkpoint
+from stlight_jax.config import files as config_io
+from stlight_jax.training import loop as train
 from tests import tiny_config
 from tests.test_reliability import REPO, _run, assert_one_line_error
 from tests.test_train import read_jsonl, train_steps

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from configs.common import get_base_config
+from stlight_jax.configs.common import get_base_config
 
 
 def write_data(path: str, seed: int = 0) -> str:

@@ -6,7 +6,8 @@ Trains STLight from a config file; rerunning the same command resumes from the w
 from absl import app, flags
 from ml_collections import config_flags
 
-from stlight_jax import cli_errors, runtime
+from stlight_jax import runtime
+from stlight_jax.cli import errors as cli_errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -25,7 +26,7 @@ def _main(argv):
     quiet_library_logs()
     runtime.initialize_distributed_from_flags()
     from stlight_jax import peers
-    from stlight_jax.train import train_and_evaluate
+    from stlight_jax.training.loop import train_and_evaluate
 
     with peers.watched(FLAGS.workdir):  # a dead peer (multi-process): one line, exit 3
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -37,7 +38,7 @@ def main() -> None:
     import os
     import sys
 
-    from stlight_jax.packaged_configs import resolve_config_flag
+    from stlight_jax.config.packaged import resolve_config_flag
 
     runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
     sys.argv[:] = resolve_config_flag(sys.argv)

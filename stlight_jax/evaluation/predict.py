@@ -17,12 +17,13 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from stlight_jax import output_set, visualize
+from stlight_jax.evaluation import output_set
+from stlight_jax.evaluation import visualize
 from stlight_jax.data.common import U8_TO_UNIT
 from stlight_jax.models import ModelConfig
 from stlight_jax.sharding import batch_sharded, create_mesh, replicate
 from stlight_jax.steps import create_forward
-from stlight_jax.weights import LoadedModel
+from stlight_jax.weights.loading import LoadedModel
 from stlight_jax.writers import write_json
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")

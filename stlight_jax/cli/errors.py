@@ -138,7 +138,7 @@ def _config_file_problem(argv: Sequence[str]) -> str | None:
 
 def _override_problem(argv: Sequence[str]) -> str | None:
     """The first --config.<key>=... naming no known config field, with the closest known key."""
-    from stlight_jax import config_validation
+    from stlight_jax.config import validation as config_validation
 
     known = set(config_validation.known_keys())
     for a in argv:

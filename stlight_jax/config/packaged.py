@@ -1,5 +1,6 @@
-"""Finds the paper's config files (the `configs` package installed next to `stlight_jax`) when
-a spec such as 'configs/mmnist.py:S' or 'mmnist:S' names no file in the working directory."""
+"""Finds the paper's config files (the `stlight_jax.configs` package: the checkout's top-level
+`configs/` through a symlink, a copy once installed) when a spec such as 'configs/mmnist.py:S'
+or 'mmnist:S' names no file in the working directory."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import os
 
 
 def configs_dir() -> str:
-    """The `configs` folder beside the `stlight_jax` package: the checkout's, or the copy
-    `pip install` put in site-packages."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(here, "configs")
+    """The folder of the `stlight_jax.configs` package."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(package, "configs")
 
 
 def resolve(spec: str) -> str:

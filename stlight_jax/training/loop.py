@@ -14,16 +14,14 @@ from typing import TYPE_CHECKING, Any
 import jax
 import ml_collections
 
-from stlight_jax import (
-    checkpoint,
-    config_validation,
-    data,
-    optim,
-    schedules,
-    weights,
-    workdir_lock,
-)
-from stlight_jax.config_io import (
+from stlight_jax import data
+from stlight_jax.checkpoints import manager as checkpoint
+from stlight_jax.config import validation as config_validation
+from stlight_jax.training import optimizer as optim
+from stlight_jax.training import schedules
+from stlight_jax.weights import loading as weights
+from stlight_jax.training import workdir_lock
+from stlight_jax.config.files import (
     ExperimentChangedError,
     check_same_experiment,
     model_config,
@@ -42,9 +40,9 @@ from stlight_jax.steps import (
     create_train_state,
     create_train_step,
 )
-from stlight_jax.stop_signal import EvaluationInterrupted, StopSignal
-from stlight_jax.training_run import NonFiniteLossError as NonFiniteLossError  # train.<name> too
-from stlight_jax.training_run import (
+from stlight_jax.training.stop_signal import EvaluationInterrupted, StopSignal
+from stlight_jax.training.run_parts import NonFiniteLossError as NonFiniteLossError  # train.<name> too
+from stlight_jax.training.run_parts import (
     PendingMetrics,
     TrainingRun,
     test_best_checkpoint,

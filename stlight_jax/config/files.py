@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from stlight_jax.cli_errors import RunCannotContinue
+from stlight_jax.cli.errors import RunCannotContinue
 from stlight_jax.models import ModelConfig
 
 CONFIG_FILE = "config.json"  # a training workdir's resolved config
@@ -22,7 +22,7 @@ def load_config(spec: str) -> Any:
     'config.json' (or a training workdir, meaning its config.json) -> that resolved ConfigDict.
     A config module missing from the working directory ('configs/mmnist.py:S', 'mmnist:S') is
     read from the installed package (`packaged_configs`)."""
-    from stlight_jax.packaged_configs import resolve
+    from stlight_jax.config.packaged import resolve
 
     spec = resolve(spec)
     if os.path.isdir(spec):
@@ -111,7 +111,7 @@ def _schema_default(field: str) -> Any:
     """The value a field had before it existed (a config.json of an older run lacks it): its
     default in configs/common.py; _ABSENT when that is not importable."""
     try:
-        from configs.common import get_base_config
+        from stlight_jax.configs.common import get_base_config
     except ImportError:
         return _ABSENT
     return _flat(json.loads(get_base_config().to_json_best_effort())).get(field, _ABSENT)

@@ -10,7 +10,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from stlight_jax import cli_errors, runtime
+from stlight_jax import runtime
+from stlight_jax.cli import errors as cli_errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -77,7 +78,7 @@ def _evaluate() -> None:
     runtime.initialize_distributed_from_flags()
     import jax
 
-    from stlight_jax import evaluation
+    from stlight_jax.evaluation import runner as evaluation
 
     options = evaluation.EvalOptions(
         workdir=FLAGS.workdir,
@@ -118,7 +119,7 @@ def main() -> None:
     import os
     import sys
 
-    from stlight_jax.packaged_configs import resolve_config_flag
+    from stlight_jax.config.packaged import resolve_config_flag
 
     runtime.reexec_with_malloc_hugepages()  # XLA:CPU's per-step temp block on 2 MB pages
     sys.argv[:] = resolve_config_flag(sys.argv)

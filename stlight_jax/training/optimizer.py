@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from stlight_jax import schedules
-from stlight_jax.schedules import Schedule
+from stlight_jax.training import schedules
+from stlight_jax.training.schedules import Schedule
 
 
 class TorchAdamState(NamedTuple):

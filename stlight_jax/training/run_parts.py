@@ -13,10 +13,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from stlight_jax import checkpoint, data
-from stlight_jax.cli_errors import RunCannotContinue
+from stlight_jax import data
+from stlight_jax.checkpoints import manager as checkpoint
+from stlight_jax.cli.errors import RunCannotContinue
 from stlight_jax.steps import State, evaluate_split
-from stlight_jax.stop_signal import StopSignal
+from stlight_jax.training.stop_signal import StopSignal
 from stlight_jax.writers import MetricWriter, write_json
 
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
-from stlight_jax import checkpoint as ckpt
-from stlight_jax import convert
-from stlight_jax.config_io import model_config
+from stlight_jax.checkpoints import manager as ckpt
+from stlight_jax.weights import torch_files as convert
+from stlight_jax.config.files import model_config
 from stlight_jax.models import ModelConfig, create_model
 
 PYTORCH_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")

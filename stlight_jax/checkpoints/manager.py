@@ -2,7 +2,7 @@
 
 A workdir's checkpoints live in `<workdir>/checkpoints/<step>/` with two items: `state`
 ({'params', 'batch_stats', 'opt_state', 'step'}) and `data` (the input iterator's JSON state).
-A weights-only checkpoint (from `stlight_jax.convert import`) holds just
+A weights-only checkpoint (from `python -m stlight_jax.convert import`) holds just
 {'params', 'batch_stats'} under `state`. Restores go into an abstract target, so a checkpoint
 written on 8 devices restores on 1 and the other way round. Each step also records SHA-256
 digests of the state (`checkpoint_integrity`), checked on restore; a step without readable
@@ -29,8 +29,8 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 # Callers and tests name the digest names as checkpoint.<name> (DIGEST_FILE only re-exported).
-from stlight_jax.checkpoint_integrity import DIGEST_FILE as DIGEST_FILE
-from stlight_jax.checkpoint_integrity import (
+from stlight_jax.checkpoints.integrity import DIGEST_FILE as DIGEST_FILE
+from stlight_jax.checkpoints.integrity import (
     DIGEST_KEY,
     CorruptCheckpointError,
     digests,
@@ -325,7 +325,7 @@ def _set_aside(manager, steps: list[int], log: Callable[[str], None]) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices("stlight_jax.checkpoint.set_aside")
+        multihost_utils.sync_global_devices("stlight_jax.checkpoints.set_aside")
     manager.reload()
 
 

@@ -145,7 +145,7 @@ def _schema_defaults() -> dict[str, Any]:
     known, and type-checked against their default. Empty when the configs package is absent
     (an installed package without the repository's configs/)."""
     try:
-        from configs.common import get_base_config
+        from stlight_jax.configs.common import get_base_config
     except ImportError:
         return {}
     return {k: v for k, v in _flatten(get_base_config()) if k not in RULES}

@@ -1,0 +1,1 @@
+"""Orbax checkpoints of a training run and the digests that let a restore trust them."""

@@ -1,0 +1,2 @@
+"""Evaluation and prediction: the eval pass, forecasting new inputs, their output files and
+pictures."""
