@@ -1,6 +1,6 @@
 """Evaluation throughput: a whole test split through stlight-jax's own evaluation path.
 
-Runs `steps.evaluate_split`, the eval loop evaluate.py and training use (the Grain eval
+Runs `evaluation.loop.evaluate_split`, the eval loop evaluate.py and training use (the Grain eval
 pipeline, the jitted eval step with OpenSTL's metrics and both baselines, data-parallel over
 all local devices; evaluate.py adds only its picture hook) on a synthetic test set of
 `--sequences` random uint8 videos stored as a custom-data .npz, so it needs no dataset. The
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.bench import write_result
     from stlight_jax import sharding, steps
     from stlight_jax.config.files import load_config, model_config
+    from stlight_jax.evaluation import loop as eval_loop
     from stlight_jax.models import create_model
 
     config = load_config(args.config)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(1 + args.passes):
             t = time.perf_counter()
             predictors = ("model",) if args.no_baselines else steps.PREDICTORS
-            result = steps.evaluate_split(
+            result = eval_loop.evaluate_split(
                 config, eval_step, params, batch_stats, mesh, "test", predictors
             )
             times.append(time.perf_counter() - t)

@@ -9,8 +9,6 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
-
 
 class Predictor:
     """A loaded STLight. `config` is the full run config, `params` / `batch_stats` the

@@ -1,9 +1,9 @@
-"""The jitted computations: training state, the train step, the eval step and the one eval loop
-over a split (training's validation and test, evaluate.py and the benchmark all use it)."""
+"""The jitted computations: training state, the train step, the forward and the eval step (the
+loop that runs the eval step over a split is stlight_jax/evaluation/loop.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -12,16 +12,14 @@ import ml_collections
 import optax
 from flax import nnx
 
-from stlight_jax import data, metrics
+from stlight_jax import metrics
 from stlight_jax.config.files import model_config
 from stlight_jax.models import STLight, create_model
-from stlight_jax.sharding import batch_sharded, global_batch, replicate, replicated
+from stlight_jax.sharding import batch_sharded, replicated
 
 State = dict[str, Any]  # {'params', 'batch_stats', 'opt_state', 'step'}
 # What the eval step scores: the model and two baselines (repeat the last input frame; zeros).
 PREDICTORS = ("model", "last_frame", "zeros")
-# Called with (process-local numpy batch, global batch) after the eval step has seen it.
-BatchHook = Callable[[dict, dict], None]
 # The training objective: element-mean MSE (the paper's) plus `l1_weight` times the element-mean
 # absolute error (config.l1_weight, 0 by default). The L1 term pulls the empty background to
 # exactly zero, where an MSE-trained model under uncertainty leaves a faint grey haze that
@@ -158,45 +156,4 @@ def create_eval_step(
         eval_step,
         in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh), replicated(mesh)),
         out_shardings=replicated(mesh),
-    )
-
-
-def evaluate_batches(
-    eval_step: Callable,
-    params: Any,
-    batch_stats: Any,
-    batches: Iterable[dict],
-    mesh: jax.sharding.Mesh,
-    frames_out: int,
-    predictors: tuple[str, ...] = PREDICTORS,
-    on_batch: BatchHook | None = None,
-) -> dict[str, dict]:
-    """The eval loop: OpenSTL metrics of each predictor over `batches` (process-local batches
-    with a 'mask' of real rows), {'model': {...}, ...}; `on_batch` sees every batch."""
-    accs = replicate({n: metrics.init_accumulator(frames_out) for n in predictors}, mesh)
-    for batch in batches:
-        gbatch = global_batch(batch, mesh)
-        accs = eval_step(params, batch_stats, gbatch, accs)
-        if on_batch is not None:
-            on_batch(batch, gbatch)
-    return {n: metrics.finalize(jax.device_get(accs[n])) for n in predictors}
-
-
-def evaluate_split(
-    config: ml_collections.ConfigDict,
-    eval_step: Callable,
-    params: Any,
-    batch_stats: Any,
-    mesh: jax.sharding.Mesh,
-    split: str,
-    predictors: tuple[str, ...] = PREDICTORS,
-    on_batch: BatchHook | None = None,
-) -> dict[str, dict]:
-    """`evaluate_batches` over this process's share of `split` ('val' or 'test')."""
-    batches = data.create_eval_iterator(
-        config, split=split, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    frames_out = config.model.frames_out
-    return evaluate_batches(
-        eval_step, params, batch_stats, batches, mesh, frames_out, predictors, on_batch
     )

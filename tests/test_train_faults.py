@@ -19,6 +19,7 @@ import pytest
 from stlight_jax import data
 from stlight_jax.checkpoints import manager as checkpoint
 from stlight_jax.training import loop as train
+from stlight_jax.training import run_parts
 from tests import tiny_config
 from tests.test_train import abstract_state, read_jsonl, run_cli, train_steps
 
@@ -59,7 +60,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(config, tmp_path, 
     monkeypatch.setattr(
         data, "create_train_iterator", lambda *a, **k: NaNAtThirdBatch(make_iter(*a, **k))
     )
-    with pytest.raises(train.NonFiniteLossError, match=r"at step 3;.* is step 2 "):
+    with pytest.raises(run_parts.NonFiniteLossError, match=r"at step 3;.* is step 2 "):
         train.train_and_evaluate(config, workdir)
 
     manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir))
@@ -87,7 +88,7 @@ def test_non_finite_parameters_stop_and_keep_last_good_checkpoint(config, tmp_pa
 
     monkeypatch.setattr(schedules, "create_schedules", inf_lr_at_update_2)
     with pytest.raises(
-        train.NonFiniteLossError,
+        run_parts.NonFiniteLossError,
         match=r"non-finite parameters \(after the update\) at step 3;.* is step 2 ",
     ):
         train.train_and_evaluate(config, workdir)
@@ -102,7 +103,7 @@ def test_non_finite_parameters_stop_and_keep_last_good_checkpoint(config, tmp_pa
 
 def test_huge_learning_rate_is_caught(config, tmp_path):
     config.optimizer.learning_rate = 1e30
-    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+    with pytest.raises(run_parts.NonFiniteLossError, match=r"at step \d+"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
 
 

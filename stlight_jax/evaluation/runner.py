@@ -24,7 +24,8 @@ from stlight_jax.evaluation import visualize
 from stlight_jax.config.files import load_workdir_config
 from stlight_jax.models import ModelConfig
 from stlight_jax.sharding import create_mesh, host_batch, replicate, split_order
-from stlight_jax.steps import PREDICTORS, create_eval_step, create_forward, evaluate_split
+from stlight_jax.evaluation.loop import evaluate_split
+from stlight_jax.steps import PREDICTORS, create_eval_step, create_forward
 from stlight_jax.weights.loading import LoadedModel, load_model
 from stlight_jax.writers import write_json
 

@@ -41,7 +41,6 @@ from stlight_jax.steps import (
     create_train_step,
 )
 from stlight_jax.training.stop_signal import EvaluationInterrupted, StopSignal
-from stlight_jax.training.run_parts import NonFiniteLossError as NonFiniteLossError  # train.<name> too
 from stlight_jax.training.run_parts import (
     PendingMetrics,
     TrainingRun,
