@@ -49,8 +49,8 @@ def latest_checkpoint(workdir: str | None) -> str:
     that there is none yet; '' without a workdir."""
     if not workdir:
         return ""
-    from stlight_jax.checkpoints.manager import checkpoint_dir
     from stlight_jax.checkpoints.integrity import DIGEST_FILE
+    from stlight_jax.checkpoints.manager import checkpoint_dir
 
     directory = checkpoint_dir(workdir)
     try:
@@ -302,7 +302,7 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, **
     if proc.stdout.readline().strip() != b"serving":
         proc.kill()
         proc.wait()
-        from stlight_jax.cli.errors import RunCannotContinue
+        from stlight_jax.errors import RunCannotContinue
 
         raise RunCannotContinue(
             f"could not start the coordination service on {bind}: is the port of "

@@ -9,16 +9,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
+from stlight_jax.errors import RunCannotContinue
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 VERBOSE_FLAG = "verbose_errors"
 VERBOSE_ENV = "STLIGHT_VERBOSE_ERRORS"
 VERBOSE_HELP = f"Show the traceback of a user error (or set {VERBOSE_ENV}=1)."
-
-
-class RunCannotContinue(RuntimeError):
-    """An expected reason a run stops (a non-finite loss, a workdir held by another job): not
-    a bug, and its message is the whole story."""
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

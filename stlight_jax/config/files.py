@@ -10,7 +10,7 @@ from typing import Any
 
 import ml_collections
 
-from stlight_jax.cli.errors import RunCannotContinue
+from stlight_jax.errors import RunCannotContinue
 from stlight_jax.models import ModelConfig
 
 CONFIG_FILE = "config.json"  # a training workdir's resolved config

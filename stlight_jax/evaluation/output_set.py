@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from stlight_jax.cli.errors import RunCannotContinue
+from stlight_jax.errors import RunCannotContinue
 
 # What evaluate.py writes (older versions too): an --out holding anything else is not
 # replaced wholesale, in case it is a folder of the user's (or a workdir).

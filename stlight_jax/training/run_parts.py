@@ -15,7 +15,7 @@ import numpy as np
 
 from stlight_jax import data
 from stlight_jax.checkpoints import manager as checkpoint
-from stlight_jax.cli.errors import RunCannotContinue
+from stlight_jax.errors import RunCannotContinue
 from stlight_jax.evaluation.loop import evaluate_split
 from stlight_jax.steps import State
 from stlight_jax.training.stop_signal import StopSignal

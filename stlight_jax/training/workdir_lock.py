@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Iterator
 
-from stlight_jax.cli.errors import RunCannotContinue
+from stlight_jax.errors import RunCannotContinue
 
 LOCK_FILE = ".lock"
 
