@@ -7,66 +7,86 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from absl import flags
+
+from stlight_jax.cli import errors as cli_errors
+from stlight_jax.cli import flag_parsing
 from stlight_jax.weights import key_formats, torch_files
 
+PROG = "python -m stlight_jax.convert"
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
 
+def _define(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string(
+        "config",
+        None,
+        "config file with optional argument, e.g. configs/mmnist.py:S, or a workdir (its "
+        "config.json) or a config.json",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("weights", None, "PyTorch weights file", flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "workdir, checkpoints dir or ckpt dir", flag_values=fv)
+    flags.DEFINE_string(
+        "out",
+        None,
+        "import: directory for the Orbax checkpoint; export: output file (.safetensors or .pth)",
+        flag_values=fv,
+    )
+    flags.DEFINE_bool("non_strict", False, "allow missing/unexpected keys", flag_values=fv)
+    flags.DEFINE_string(
+        "key_map",
+        None,
+        "JSON file(s), comma-separated, of regex -> Figure 10 key for other layouts",
+        flag_values=fv,
+    )
+    flags.DEFINE_string("step", None, "'best', 'latest' or a step number", flag_values=fv)
+    flags.DEFINE_enum(
+        "layout",
+        "paper",
+        sorted(key_formats.LAYOUTS),
+        "key names written: paper (Figure 10) or stf",
+        flag_values=fv,
+    )
+
+
+COMMAND = flag_parsing.Command(
+    prog=PROG,
+    usage=__doc__,
+    define=_define,
+    subcommands={
+        "import": flag_parsing.Subcommand(
+            "PyTorch .pt/.pth/.ckpt/.safetensors -> Orbax checkpoint",
+            ("config", "weights", "out", "non_strict", "key_map"),
+            required=("config", "weights", "out"),
+        ),
+        "export": flag_parsing.Subcommand(
+            "Orbax checkpoint or workdir -> .safetensors / .pth",
+            ("config", "checkpoint", "out", "step", "layout"),
+            required=("config", "checkpoint", "out"),
+        ),
+    },
+)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`argv`: the arguments after the program name (default: sys.argv[1:])."""
     from stlight_jax.config import files as config_io
+    from stlight_jax.config import validation as config_validation
 
-    parser = argparse.ArgumentParser(
-        prog="python -m stlight_jax.convert",
-        description="Convert STLight weights between PyTorch (Figure 10 keys) and stlight-jax.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="PyTorch .pt/.pth/.ckpt/.safetensors -> Orbax checkpoint")
-    imp.add_argument("--weights", required=True, help="PyTorch weights file")
-    imp.add_argument("--out", required=True, help="directory for the Orbax checkpoint")
-    imp.add_argument("--non_strict", action="store_true", help="allow missing/unexpected keys")
-    imp.add_argument(
-        "--key_map",
-        default=None,
-        help="JSON file(s), comma-separated, of regex -> Figure 10 key for other layouts",
-    )
-    exp = sub.add_parser("export", help="Orbax checkpoint or workdir -> .safetensors / .pth")
-    exp.add_argument("--checkpoint", required=True, help="workdir, checkpoints dir or ckpt dir")
-    exp.add_argument("--out", required=True, help="output file (.safetensors or .pth)")
-    exp.add_argument("--step", default=None, help="'best', 'latest' or a step number")
-    exp.add_argument(
-        "--layout",
-        default="paper",
-        choices=sorted(key_formats.LAYOUTS),
-        help="key names written: paper (Figure 10) or stf",
-    )
-    for p in (imp, exp):
-        p.add_argument(
-            "--config",
-            required=True,
-            help="config file with optional argument, e.g. configs/mmnist.py:S, "
-            "or a workdir (its config.json) or a config.json",
-        )
-    from stlight_jax.cli import errors as cli_errors
-
-    for p in (imp, exp):
-        p.add_argument(
-            f"--{cli_errors.VERBOSE_FLAG}", action="store_true", help=cli_errors.VERBOSE_HELP
-        )
-    args = parser.parse_args(argv)
-    verbose = args.verbose_errors or cli_errors.verbose_requested([])
-    with cli_errors.user_errors_reported(parser.prog, verbose):
-        config = config_io.load_config(args.config)
-        from stlight_jax.config import validation as config_validation
-
+    parsed = flag_parsing.parse(COMMAND, argv)
+    f = parsed.flags
+    with cli_errors.user_errors_reported(PROG, parsed.verbose):
+        config = config_io.load_config(f.config)
         config_validation.validate(config)
-        if args.command == "import":
+        if parsed.subcommand == "import":
             where = torch_files.import_to_checkpoint(
-                args.weights, config, args.out, not args.non_strict, args.key_map
+                f.weights, config, f.out, not f.non_strict, f.key_map
             )
-            print(f"wrote {where}; start from it with --config.init_from={args.out}")
+            print(f"wrote {where}; start from it with --config.init_from={f.out}")
         else:
             where = torch_files.export_from_checkpoint(
-                args.checkpoint, config, args.out, args.step, args.layout
+                f.checkpoint, config, f.out, f.step, f.layout
             )
             print(f"wrote {where}")
-
