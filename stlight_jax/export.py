@@ -18,7 +18,6 @@ weights; the README's Exports section gives the measurements behind that choice.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,8 +85,8 @@ def reference_module(loaded: Any) -> Any:
     video (N, T, H, W, C) like the JAX model, in eval mode."""
     import torch
 
-    from stlight_jax.weights import torch_files as convert
     from stlight_jax.reference import reference_from_config
+    from stlight_jax.weights import torch_files as convert
 
     cfg = loaded.model_config
     ref = reference_from_config(cfg)
@@ -164,55 +163,7 @@ def check_onnx(loaded: Any, path: str, batch: int, tolerance: float = 1e-5) -> f
     return err
 
 
-def main(argv: list[str] | None = None) -> None:
-    from stlight_jax import api
-    from stlight_jax.cli import errors as cli_errors
-
-    parser = argparse.ArgumentParser(
-        prog="stlight-export",
-        description="Export a trained STLight's eval-mode forward as StableHLO or ONNX.",
-    )
-    sub = parser.add_subparsers(dest="format", required=True)
-    for name, help_ in (
-        ("stablehlo", "serialized jax.export.Exported (runs with jax alone)"),
-        ("onnx", "ONNX model for onnxruntime (needs requirements-export.txt)"),
-    ):
-        p = sub.add_parser(name, help=help_)
-        src = p.add_mutually_exclusive_group(required=True)
-        src.add_argument("--workdir", help="training workdir (best checkpoint, else latest)")
-        src.add_argument("--checkpoint", help="Orbax checkpoints dir, step dir or converted ckpt")
-        src.add_argument("--weights", help="PyTorch/safetensors file (Figure 10 or STF keys)")
-        p.add_argument(
-            "--config",
-            default=None,
-            help="config file (e.g. configs/mmnist.py:S), config.json or workdir; "
-            "default: the workdir's config.json",
-        )
-        p.add_argument("--out", required=True, help="output file")
-        p.add_argument("--batch", type=int, default=None, help="fixed batch size (default: any)")
-        p.add_argument("--step", default=None, help="'best', 'latest' or a step number")
-        p.add_argument("--key_map", default=None, help="JSON key map for --weights")
-        p.add_argument("--verbose_errors", action="store_true", help=cli_errors.VERBOSE_HELP)
-        if name == "stablehlo":
-            p.add_argument(
-                "--platforms",
-                default=",".join(PLATFORMS),
-                help="comma-separated platforms to lower for (default cpu,cuda,tpu)",
-            )
-    args = parser.parse_args(argv)
-    verbose = args.verbose_errors or cli_errors.verbose_requested([])
-    # A user error: one line naming the culprit, exit status 2.
-    with cli_errors.user_errors_reported(parser.prog, verbose):
-        source = args.workdir or args.checkpoint or args.weights
-        loaded = api.load_model_from(
-            source, args.config, args.step, args.key_map, conv_impl=EXPORT_CONV_IMPL
-        )
-        if args.format == "stablehlo":
-            platforms = [p for p in args.platforms.split(",") if p]
-            print(f"wrote {write_stablehlo(loaded, args.out, args.batch, platforms)}")
-        else:
-            print(f"wrote {write_onnx(loaded, args.out, args.batch)}")
-
-
 if __name__ == "__main__":
+    from stlight_jax.cli.export import main
+
     main()

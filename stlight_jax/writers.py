@@ -1,5 +1,5 @@
-"""Output of a run: metrics.jsonl + TensorBoard, the progress bar, strict JSON files, and the
-log filters the entry points install (`quiet_library_logs`; nothing is filtered on import)."""
+"""Output of a run: metrics.jsonl + TensorBoard, the progress bar and strict JSON files (the
+library log filters the entry points install are in `log_noise`)."""
 
 from __future__ import annotations
 
@@ -13,53 +13,6 @@ from typing import Any
 
 import jax
 import numpy as np
-
-_ORBAX_BENIGN = ("read_only=True", "is read only", "Given directory is read only")
-# Dropped at any level: a damaged step metadata file (Orbax logs its whole content as an
-# error; `checkpoint_integrity.saved_digests` reports the step in one line) and the items Orbax
-# says it skipped when only a step's metadata (its digest copy) is read.
-_ORBAX_HANDLED = (
-    "did not provide metrics",
-    "Failed to json parse Metadata file",
-    "was found in the checkpoint, but could not be restored",
-)
-
-
-class _OrbaxFilter(logging.Filter):
-    """Drops Orbax's per-save INFO chatter, its notes on read-only managers (which evaluation
-    opens on purpose) and its warning on saves without metrics (mid-epoch and signal
-    checkpoints have no validation MSE, deliberately); other warnings and errors still show."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if any(n in record.getMessage() for n in _ORBAX_HANDLED):
-            return False
-        if "/orbax/" not in record.pathname or record.levelno >= logging.ERROR:
-            return True
-        return record.levelno >= logging.WARNING and not any(
-            b in str(record.msg) for b in _ORBAX_BENIGN
-        )
-
-
-class _NoTpuFilter(logging.Filter):
-    """Drops JAX's note that it could not start a TPU backend because libtpu is not installed
-    (every start on a CPU or GPU machine); a TPU that fails to start still says so."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (
-            record.levelno < logging.WARNING
-            and message.startswith("Unable to initialize backend 'tpu'")
-            and "libtpu.so" in message
-        )
-
-
-def quiet_library_logs() -> None:
-    """Installs `_OrbaxFilter` on the root and absl loggers and their handlers, and
-    `_NoTpuFilter` on JAX's backend logger (entry points call it once at start-up)."""
-    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-        handler.addFilter(_OrbaxFilter())
-    logging.getLogger("absl").addFilter(_OrbaxFilter())
-    logging.getLogger("jax._src.xla_bridge").addFilter(_NoTpuFilter())
 
 
 def to_json(value: Any) -> Any:

@@ -4,11 +4,11 @@ STLIGHT_VERBOSE_ERRORS=1) shows the traceback instead. Program bugs keep their t
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
+from stlight_jax import log_noise
 from stlight_jax.errors import RunCannotContinue
 
 EXIT_USER_ERROR = 2
@@ -42,18 +42,6 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-class _HeldRecords(logging.Filter):
-    """Keeps asyncio's log records back (returning False stops them) until released."""
-
-    def __init__(self):
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.records.append(record)
-        return False
-
-
 @contextlib.contextmanager
 def unraisables_held(verbose: bool) -> Iterator[None]:
     """Holds back what a failed Orbax read leaves for Python to report at random moments: the
@@ -68,9 +56,7 @@ def unraisables_held(verbose: bool) -> Iterator[None]:
     held = []
     previous = sys.unraisablehook
     sys.unraisablehook = held.append
-    asyncio_logger = logging.getLogger("asyncio")
-    held_records = _HeldRecords()
-    asyncio_logger.addFilter(held_records)
+    held_records = log_noise.hold_asyncio_records()
     user_error = False
     try:
         yield
@@ -80,11 +66,9 @@ def unraisables_held(verbose: bool) -> Iterator[None]:
     finally:
         if not user_error:
             sys.unraisablehook = previous
-            asyncio_logger.removeFilter(held_records)
             for unraisable in held:
                 previous(unraisable)
-            for record in held_records.records:
-                asyncio_logger.handle(record)
+            held_records.release()
 
 
 @contextlib.contextmanager

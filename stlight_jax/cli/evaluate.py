@@ -72,7 +72,7 @@ def _main(argv):
 
 
 def _evaluate() -> None:
-    from stlight_jax.writers import quiet_library_logs
+    from stlight_jax.log_noise import quiet_library_logs
 
     quiet_library_logs()
     runtime.initialize_distributed_from_flags()

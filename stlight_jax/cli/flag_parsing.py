@@ -141,5 +141,5 @@ def _check_subcommand(prog: str, fv: flags.FlagValues, name: str, sub: Subcomman
         given = [f for f in sub.one_of if fv[f].present]
         choices = ", ".join(f"--{f}" for f in sub.one_of)
         if len(given) != 1:
-            what = "one" if not given else "only one"
-            cli_errors.fail(prog, f"{name} needs {what} of {choices}")
+            what = "needs one" if not given else "takes only one"
+            cli_errors.fail(prog, f"{name} {what} of {choices}")

@@ -21,7 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    from stlight_jax.writers import quiet_library_logs
+    from stlight_jax.log_noise import quiet_library_logs
 
     quiet_library_logs()
     runtime.initialize_distributed_from_flags()
