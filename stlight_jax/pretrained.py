@@ -170,8 +170,8 @@ def ship(
     import tempfile
 
     from stlight_jax.config import files as config_io
-    from stlight_jax.weights import torch_files as convert
     from stlight_jax.model_size import model_size
+    from stlight_jax.weights import torch_files as convert
     from stlight_jax.writers import to_json
 
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
@@ -250,43 +250,7 @@ def ship(
     return record
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    from stlight_jax.cli import errors as cli_errors
-
-    parser = argparse.ArgumentParser(
-        prog="python -m stlight_jax.pretrained",
-        description="List the shipped models, or ship a finished training run as one.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the shipped models and their test metrics")
-    s = sub.add_parser("ship", help="workdir -> pretrained/<name>.{safetensors,json,metrics.jsonl}")
-    s.add_argument("--workdir", required=True)
-    s.add_argument("--name", required=True)
-    s.add_argument("--train_command", required=True, help="the command that trained it")
-    s.add_argument("--hardware", required=True)
-    s.add_argument("--wall_seconds", type=float, required=True, help="the run's wall time")
-    s.add_argument("--note", default="", help="what the wall time covers, in words")
-    s.add_argument("--out_dir", default=None, help="default: the package's pretrained/")
-    args = parser.parse_args(argv)
-    with cli_errors.user_errors_reported(parser.prog, cli_errors.verbose_requested([])):
-        if args.command == "list":
-            for name in available():
-                m = read_record(name)["test"]["metrics"]["model"]
-                print(f"{name}: test MSE {m['mse']:.2f}, SSIM {m['ssim']:.4f}")
-            return
-        record = ship(
-            args.workdir,
-            args.name,
-            command=args.train_command,
-            hardware=args.hardware,
-            wall_seconds=args.wall_seconds,
-            note=args.note,
-            out_dir=args.out_dir,
-        )
-        print(json.dumps(record["test"]["metrics"]["model"]))
-
-
 if __name__ == "__main__":
+    from stlight_jax.cli.pretrained import main
+
     main()
