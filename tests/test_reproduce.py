@@ -9,8 +9,10 @@ import os
 
 import pytest
 
-from stlight_jax.config import validation as config_validation
+from stlight_jax import paper_rows as pr
 from stlight_jax import reproduce as rp
+from stlight_jax.cli import reproduce as cli_reproduce
+from stlight_jax.config import validation as config_validation
 from stlight_jax.model_size import model_size
 from stlight_jax.weights.loading import model_config
 
@@ -18,55 +20,55 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_row_builds_validates_and_shrinks(tmp_path):
-    assert len(rp.ROWS) == 77
-    for row in rp.ROWS.values():
-        config = rp.row_config(row)
+    assert len(pr.ROWS) == 77
+    for row in pr.ROWS.values():
+        config = pr.row_config(row)
         config_validation.validate(config)
         for key, value in row.overrides:
             node = config
             for part in key.split("."):
                 node = node[part]
             assert node == value, (row.name, key)
-        assert set(row.paper_dict) <= set(rp.METRICS), row.name
+        assert set(row.paper_dict) <= set(pr.METRICS), row.name
         assert bool(row.paper) != (row.source == "Figure 4"), row.name
-        assert 0 < rp.expected_hours(config) < 300, row.name
+        assert 0 < pr.expected_hours(config) < 300, row.name
         tiny = rp.shrink_for_dry_run(copy.deepcopy(config), str(tmp_path / "data"))
         config_validation.validate(tiny)
         assert (tiny.model.dim, tiny.model.depth, tiny.num_epochs) == (16, 3, 1)
         for field in ("skip", "decoder", "init", "k1", "k2", "overlap", "patch"):
             assert tiny.model[field] == config.model[field], (row.name, field)
         assert tiny.optimizer.to_dict() == config.optimizer.to_dict()
-    xl = rp.row_config(rp.get_row("table4-no_skip-XL"))
+    xl = pr.row_config(pr.get_row("table4-no_skip-XL"))
     assert xl.model.skip == "none" and model_size(model_config(xl)).params == 42_696_810
-    assert rp.get_row("table4-thirds-XL").paper_dict == {"mse": 21.55}
-    assert rp.get_row("table4-skip_fifths-XL").paper_dict == {"mse": 21.92}
-    e500 = rp.row_config(rp.get_row("table8-lr1e-3-e500"))
+    assert pr.get_row("table4-thirds-XL").paper_dict == {"mse": 21.55}
+    assert pr.get_row("table4-skip_fifths-XL").paper_dict == {"mse": 21.92}
+    e500 = pr.row_config(pr.get_row("table8-lr1e-3-e500"))
     assert (e500.num_epochs, e500.optimizer.learning_rate, e500.model.dim) == (500, 1e-3, 1400)
-    assert rp.get_row("table3-taxibj-L").paper_dict["mse_x100"] == 30.87
+    assert pr.get_row("table3-taxibj-L").paper_dict["mse_x100"] == 30.87
     # The estimate reproduces its own basis: MMNIST-L, 125,000 steps at 6.3 x 102.8 ms.
     l_train_h = 125_000 * 0.1028 * 6.3 / 3600
-    assert rp.expected_hours(rp.row_config(rp.get_row("table3-mmnist-L"))) == pytest.approx(
+    assert pr.expected_hours(pr.row_config(pr.get_row("table3-mmnist-L"))) == pytest.approx(
         l_train_h * (1 + 200 * 1_000 / 3.05 / 2_000_000 + 10_000 / 3.05 / 2_000_000)
     )
 
 
 def test_data_and_set_options_and_their_errors():
-    row = rp.get_row("table3-mmnist-S")
-    c = rp.row_config(row, "x/mnist_test_seq.npy", rp.parse_sets(["compute_dtype=bfloat16"]))
+    row = pr.get_row("table3-mmnist-S")
+    c = pr.row_config(row, "x/mnist_test_seq.npy", pr.parse_sets(["compute_dtype=bfloat16"]))
     assert c.data.test_file == "x/mnist_test_seq.npy" and c.compute_dtype == "bfloat16"
-    assert rp.row_config(rp.get_row("table3-kth-S"), "kth/").data.path == "kth/"
+    assert pr.row_config(pr.get_row("table3-kth-S"), "kth/").data.path == "kth/"
     with pytest.raises(ValueError, match="'model.dimm' is not a config field"):
-        rp.row_config(row, sets=rp.parse_sets(["model.dimm=3"]))
+        pr.row_config(row, sets=pr.parse_sets(["model.dimm=3"]))
     with pytest.raises(ValueError, match="--set 'lr': expected KEY=VALUE"):
-        rp.parse_sets(["lr"])
+        pr.parse_sets(["lr"])
     with pytest.raises(ValueError, match="unknown row 'table4-no_skip-XXL'.*table4-thirds-XS"):
-        rp.get_row("table4-no_skip-XXL")
+        pr.get_row("table4-no_skip-XXL")
 
 
 def _fake_row(tmp_path, name, dry_run=False, **measured):
     d = tmp_path / name
     d.mkdir()
-    paper = rp.get_row(name).paper_dict
+    paper = pr.get_row(name).paper_dict
     rec = {
         "row": name,
         "measured": measured,
@@ -89,14 +91,14 @@ def test_table_list_and_the_readme_copy(tmp_path, capsys):
         "MSE 22.59 | MSE 22.80 (+0.21); 1 x NVIDIA RTX A6000, 21.5 h, commit 0123456789 |" in line
     )
     assert sum("| not run |" in ln for ln in table) == 76
-    rp.main(["--table", done])
+    cli_reproduce.main(["--table", done])
     assert capsys.readouterr().out.strip().splitlines() == table
     # The README's table is the one --table renders with no finished row.
     readme = open(os.path.join(REPO, "README.md")).read()
     begin = "<!-- generated: python -m stlight_jax.reproduce --table"
     inside = readme.split(begin, 1)[1].split("\n", 1)[1].split("<!-- end of generated table -->")[0]
     assert inside.strip() == rp.render_table([]), "README table: rerun --table and paste it"
-    rp.main(["--list"])
+    cli_reproduce.main(["--list"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 + 77 + 1 and "A6000 hours in all" in out[-1]
     assert any(ln.startswith("table8-lr1e-3-e500 ") and " 58.1 " in ln for ln in out)
@@ -117,7 +119,7 @@ def test_table_list_and_the_readme_copy(tmp_path, capsys):
         (["--dry-run", "--workdir=x", "tableX"], "unknown row 'tableX'"),
     ]:
         with pytest.raises(SystemExit) as e:
-            rp.main(argv)
+            cli_reproduce.main(argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and message in err and err.count("\n") == 1, (argv, err)
 
@@ -125,7 +127,7 @@ def test_table_list_and_the_readme_copy(tmp_path, capsys):
 def test_dry_run_writes_row_json_through_the_training_code(tmp_path, capsys):
     """One row through `--dry-run` (the real train_and_evaluate, tiny): its row.json, and
     --table refusing it. test_dry_run_every_family covers one row per dataset and override."""
-    rp.main(["--dry-run", f"--workdir={tmp_path}", "table4-skip_fifths-XL"])
+    cli_reproduce.main(["--dry-run", f"--workdir={tmp_path}", "table4-skip_fifths-XL"])
     assert "table4-skip_fifths-XL: dry run ok" in capsys.readouterr().out
     rec = json.load(open(tmp_path / "table4-skip_fifths-XL" / "row.json"))
     assert rec["dry_run"] is True and rec["paper"]["metrics"] == {"mse": 21.92}
