@@ -17,9 +17,9 @@ from conftest import max_rel_err
 import stlight_jax
 import stlight_jax.api
 from stlight_jax import export
-from stlight_jax.weights import torch_files as convert
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.steps import apply_model
+from stlight_jax.weights import torch_files as convert
 from stlight_jax.weights.loading import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,10 +13,10 @@ import pytest
 from conftest import from_torch_video, max_rel_err, randomize_reference, to_torch_video
 
 from stlight_jax.config import files as config_io
-from stlight_jax.weights import torch_files as convert
-from stlight_jax.weights import key_formats as weight_layouts
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.reference import reference_from_config
+from stlight_jax.weights import key_formats as weight_layouts
+from stlight_jax.weights import torch_files as convert
 
 torch = pytest.importorskip("torch", reason="the STF-layout tests build a PyTorch module")
 from stf_model import STFModel, save_like_stf_trainer  # noqa: E402 - needs torch
