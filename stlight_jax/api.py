@@ -58,10 +58,10 @@ class Predictor:
         (autoregressive, as evaluate.py). Inputs run in batches of
         `config.data.eval_batch_size`; each input shape compiles once.
         """
-        from stlight_jax.evaluation import predict
+        from stlight_jax.evaluation import inputs, predict
 
         cfg = self.model_config
-        x, _ = predict.prepare_input(np.asarray(frames), cfg)
+        x, _ = inputs.prepare_input(np.asarray(frames), cfg)
         if self._predict_fn is None:
             self._predict_fn = predict.make_predict_fn(self._loaded)
         horizon = int(horizon if horizon is not None else cfg.frames_out)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from stlight_jax.configs.common import get_base_config
 from stlight_jax.data import kitticaltech as kc
+from stlight_jax.data import norpix_seq
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A real 30-frame clip from Piotr Dollar's toolbox (BSD; tests/data/caltech/LICENSE-bsd.txt):
@@ -25,7 +26,8 @@ CLIP = os.path.join(REPO, "tests", "data", "caltech", "peds30.seq")
 
 
 def _jpegs(n=None):
-    """The clip's JPEG frames as stored, read independently of kc.scan_seq (16-byte trailers)."""
+    """The clip's JPEG frames as stored, read independently of norpix_seq.scan_seq (16-byte
+    trailers)."""
     data, out, at = open(CLIP, "rb").read(), [], 1024
     while at < len(data) and (n is None or len(out) < n):
         size = struct.unpack_from("<I", data, at)[0]
@@ -65,11 +67,11 @@ def _write_seq(path, frames, fmt, size=(640, 480), trailer=8, header_frames=None
 
 
 def test_real_clip():
-    info = kc.scan_seq(CLIP)
+    info = norpix_seq.scan_seq(CLIP)
     assert (info.width, info.height, info.image_format) == (640, 480, 201)
     assert info.num_frames == info.header_frames == 30 and info.trailer == 16
     assert info.fps == pytest.approx(30.303, abs=1e-3)
-    frames = kc.read_seq(CLIP)
+    frames = norpix_seq.read_seq(CLIP)
     assert frames.shape == (30, 480, 640, 3) and frames.dtype == np.uint8
     jpegs = _jpegs()
     assert len(jpegs) == 30
@@ -78,18 +80,18 @@ def test_real_clip():
         np.testing.assert_array_equal(frames[i], _pil(jpegs[i]))
     assert np.abs(frames[0].astype(int) - frames[0, ..., ::-1]).max() > 50  # not grey
     assert not np.array_equal(frames[0], frames[29])  # a video, not one frame repeated
-    np.testing.assert_array_equal(kc.read_seq(CLIP, [29, 2]), frames[[29, 2]])
+    np.testing.assert_array_equal(norpix_seq.read_seq(CLIP, [29, 2]), frames[[29, 2]])
 
 
 def test_variants_8_byte_trailers_png_raw(tmp_path):
     jpegs = _jpegs(4)
     want = np.stack([_pil(b) for b in jpegs])
     p8 = _write_seq(tmp_path / "t8.seq", jpegs, 201, trailer=8)
-    assert kc.scan_seq(p8).trailer == 8
-    np.testing.assert_array_equal(kc.read_seq(p8), want)
+    assert norpix_seq.scan_seq(p8).trailer == 8
+    np.testing.assert_array_equal(norpix_seq.read_seq(p8), want)
     p16 = _write_seq(tmp_path / "t16.seq", jpegs, 201, trailer=16, header_frames=99)
-    assert kc.scan_seq(p16).num_frames == 4  # from the scan; the header's 99 is wrong
-    np.testing.assert_array_equal(kc.read_seq(p16), want)
+    assert norpix_seq.scan_seq(p16).num_frames == 4  # from the scan; the header's 99 is wrong
+    np.testing.assert_array_equal(norpix_seq.read_seq(p16), want)
 
     def png(a):
         buf = io.BytesIO()
@@ -97,21 +99,21 @@ def test_variants_8_byte_trailers_png_raw(tmp_path):
         return buf.getvalue()
 
     np.testing.assert_array_equal(
-        kc.read_seq(_write_seq(tmp_path / "c.seq", [png(a) for a in want], 2)), want
+        norpix_seq.read_seq(_write_seq(tmp_path / "c.seq", [png(a) for a in want], 2)), want
     )
     grey = want[..., 1]
     grey_png = _write_seq(tmp_path / "g.seq", [png(a) for a in grey], 1, depth=8)
-    np.testing.assert_array_equal(kc.read_seq(grey_png), np.repeat(grey[..., None], 3, -1))
+    np.testing.assert_array_equal(norpix_seq.read_seq(grey_png), np.repeat(grey[..., None], 3, -1))
     # Raw colour frames are stored BGR (Norpix order); read_seq returns RGB.
     raw = _write_seq(tmp_path / "r.seq", [a[..., ::-1] for a in want], 200)
-    assert kc.scan_seq(raw).num_frames == 4
-    np.testing.assert_array_equal(kc.read_seq(raw), want)
+    assert norpix_seq.scan_seq(raw).num_frames == 4
+    np.testing.assert_array_equal(norpix_seq.read_seq(raw), want)
     mono = _write_seq(tmp_path / "m.seq", list(grey), 100, depth=8)
-    np.testing.assert_array_equal(kc.read_seq(mono), np.repeat(grey[..., None], 3, -1))
+    np.testing.assert_array_equal(norpix_seq.read_seq(mono), np.repeat(grey[..., None], 3, -1))
     # A grey JPEG (102) decodes to the same grey in all three channels.
     buf = io.BytesIO()
     Image.fromarray(grey[0]).save(buf, format="JPEG")
-    out = kc.read_seq(_write_seq(tmp_path / "gj.seq", [buf.getvalue()], 102, depth=8))
+    out = norpix_seq.read_seq(_write_seq(tmp_path / "gj.seq", [buf.getvalue()], 102, depth=8))
     assert out.shape == (1, 480, 640, 3) and (out[..., 0] == out[..., 2]).all()
 
 
@@ -126,57 +128,59 @@ def test_cut_off_and_damaged_files_name_the_file_and_frame(tmp_path):
     data = open(CLIP, "rb").read()
     cut = tmp_path / "cut.seq"
     cut.write_bytes(data[: len(data) - 5000])  # inside frame 29's JPEG
-    msg = _one_line("frame 29 is cut off", kc.read_seq, str(cut))
+    msg = _one_line("frame 29 is cut off", norpix_seq.read_seq, str(cut))
     assert msg.startswith(f"{cut}: ")
     cut.write_bytes(data[: 1024 + 2])  # inside frame 0's size field
-    _one_line(f"{cut}: frame 0 is cut off", kc.scan_seq, str(cut))
+    _one_line(f"{cut}: frame 0 is cut off", norpix_seq.scan_seq, str(cut))
     jpegs = _jpegs(3)
     raw = [_pil(b)[..., ::-1] for b in jpegs]
     rawp = _write_seq(tmp_path / "r.seq", raw, 200)
     blob = open(rawp, "rb").read()
     open(rawp, "wb").write(blob[: 1024 + 2 * (640 * 480 * 3 + 512) + 1000])
-    _one_line(f"{rawp}: frame 2 is cut off", kc.read_seq, rawp)
+    _one_line(f"{rawp}: frame 2 is cut off", norpix_seq.read_seq, rawp)
     bad = _write_seq(tmp_path / "bad.seq", [jpegs[0], b"\x00" * 100, jpegs[2]], 201)
-    assert kc.read_seq(bad, [0, 2]).shape == (2, 480, 640, 3)
-    _one_line(f"{bad}: frame 1 is damaged \\(not a JPEG", kc.read_seq, bad)
+    assert norpix_seq.read_seq(bad, [0, 2]).shape == (2, 480, 640, 3)
+    _one_line(f"{bad}: frame 1 is damaged \\(not a JPEG", norpix_seq.read_seq, bad)
     half = _write_seq(tmp_path / "half.seq", [jpegs[0], jpegs[1][: len(jpegs[1]) // 2]], 201)
-    _one_line(f"{half}: frame 1 is damaged \\(JPEG", kc.read_seq, half)
+    _one_line(f"{half}: frame 1 is damaged \\(JPEG", norpix_seq.read_seq, half)
     small = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(small, format="JPEG")
     wrong = _write_seq(tmp_path / "wrong.seq", [small.getvalue()], 201)
-    _one_line(f"{wrong}: frame 0 is 8x8, but the header says 640x480", kc.read_seq, wrong)
-    _one_line(f"{bad}: frame 3 asked for, but the file holds 3", kc.read_seq, bad, [3])
+    _one_line(f"{wrong}: frame 0 is 8x8, but the header says 640x480", norpix_seq.read_seq, wrong)
+    _one_line(f"{bad}: frame 3 asked for, but the file holds 3", norpix_seq.read_seq, bad, [3])
     zero = _write_seq(tmp_path / "zero.seq", [jpegs[0]], 201)
     blob = bytearray(open(zero, "rb").read())
     struct.pack_into("<I", blob, 1024, 2)
     open(zero, "wb").write(bytes(blob))
-    _one_line(f"{zero}: frame 0 is damaged \\(its size field reads 2\\)", kc.scan_seq, zero)
+    _one_line(f"{zero}: frame 0 is damaged \\(its size field reads 2\\)", norpix_seq.scan_seq, zero)
     header_only = tmp_path / "empty.seq"
     header_only.write_bytes(data[:1024])
     _one_line(
-        f"{header_only}: holds no frames \\(the header says 30\\)", kc.scan_seq, str(header_only)
+        f"{header_only}: holds no frames \\(the header says 30\\)",
+        norpix_seq.scan_seq,
+        str(header_only),
     )
     short = tmp_path / "short.seq"
     short.write_bytes(data[:100])
-    _one_line(f"{short}: 100 bytes, shorter than a .seq header", kc.scan_seq, str(short))
+    _one_line(f"{short}: 100 bytes, shorter than a .seq header", norpix_seq.scan_seq, str(short))
     notseq = tmp_path / "x.seq"
     notseq.write_bytes(b"\x00" * 2000)
-    _one_line(f"{notseq}: not a Norpix .seq file", kc.scan_seq, str(notseq))
+    _one_line(f"{notseq}: not a Norpix .seq file", norpix_seq.scan_seq, str(notseq))
     fmt = bytearray(data[:40000])
     struct.pack_into("<I", fmt, 548 + 20, 101)
     other = tmp_path / "bayer.seq"
     other.write_bytes(bytes(fmt))
-    _one_line(f"{other}: imageFormat 101 is not supported", kc.scan_seq, str(other))
+    _one_line(f"{other}: imageFormat 101 is not supported", norpix_seq.scan_seq, str(other))
     _one_line(
         f"{tmp_path / 'none.seq'}: a Caltech .seq file does not exist",
-        kc.scan_seq,
+        norpix_seq.scan_seq,
         str(tmp_path / "none.seq"),
     )
 
 
 def test_preprocessing_is_openstls():
     assert list(kc.caltech_kept_frames(10)) == [2, 5, 8]  # OpenSTL's 1-based count % 3 == 0
-    frames = kc.read_seq(CLIP, [2, 5])
+    frames = norpix_seq.read_seq(CLIP, [2, 5])
     out = kc.resize_crop_caltech(frames)
     assert out.shape == (2, 128, 160, 3) and out.dtype == np.uint8
     skimage = pytest.importorskip("skimage.transform", reason="OpenSTL's process_im uses it")
@@ -219,7 +223,8 @@ def test_test_split_from_seq_folders(tmp_path):
     # 30 frames -> 10 kept per video; windows of 3 from each video's end: 7, 4, 1 (+10).
     assert ds.eval_size("test") == 6 and ds.train_size == 0
     assert "set*/V*.seq only" in ds.describe("test")
-    want = kc.resize_crop_caltech(kc.read_seq(CLIP, range(2, 30, 3)), SIZE) / np.float32(255)
+    kept = norpix_seq.read_seq(CLIP, range(2, 30, 3))
+    want = kc.resize_crop_caltech(kept, SIZE) / np.float32(255)
     got = np.stack([ds.eval_sample("test", i) for i in range(6)])
     assert got.shape == (6, 3, *SIZE, 3) and got.dtype == np.float32
     for k, start in enumerate([7, 4, 1]):
@@ -257,8 +262,8 @@ def test_evaluate_on_a_tiny_seq_set(tmp_path):
     """evaluate.py scores a model (random weights, written as a PyTorch state_dict) on the
     test split built from set*/V*.seq folders."""
     from stlight_jax.weights import torch_files as convert
-    from stlight_jax.weights.param_table import expected_torch_shapes
     from stlight_jax.weights.loading import model_config
+    from stlight_jax.weights.param_table import expected_torch_shapes
 
     root = _seq_root(tmp_path)
     rng = np.random.default_rng(0)

@@ -1,4 +1,5 @@
-"""evaluate.py and stlight_jax.evaluation.runner on a tiny trained workdir: files, metrics, rollout."""
+"""evaluate.py and stlight_jax.evaluation.runner on a tiny trained workdir: files, metrics,
+rollout."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stlight_jax.configs.mmnist import get_config
 from stlight_jax import metrics, writers
 from stlight_jax.config import files as config_io
+from stlight_jax.configs.mmnist import get_config
+from stlight_jax.evaluation import inputs, predict, visualize
 from stlight_jax.evaluation import runner as evaluation
-from stlight_jax.evaluation import predict
-from stlight_jax.evaluation import visualize
-from stlight_jax.weights import loading as weights
 from stlight_jax.models import ModelConfig
 from stlight_jax.steps import apply_model
+from stlight_jax.weights import loading as weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES_IN, FRAMES_OUT, SIZE = 10, 5, 32  # frames_in != frames_out exercises the rollout window
@@ -231,29 +231,29 @@ EXPECTED = "(N, 10, 64, 64, 1) or (10, 64, 64, 1) or (N, 10, 64, 64)"
 )
 def test_wrong_input_shape_names_the_expected_shape(shape, what):
     with pytest.raises(ValueError) as e:
-        predict.prepare_input(np.zeros(shape, np.float32), CFG)
+        inputs.prepare_input(np.zeros(shape, np.float32), CFG)
     assert what in str(e.value) and EXPECTED in str(e.value)
 
 
 def test_input_forms_scaling_and_range():
     rng = np.random.default_rng(0)
     u8 = rng.integers(0, 256, (10, 64, 64, 1), dtype=np.uint8)
-    x, notes = predict.prepare_input(u8, CFG)
+    x, notes = inputs.prepare_input(u8, CFG)
     assert x.shape == (1, 10, 64, 64, 1) and x.dtype == np.float32
     np.testing.assert_allclose(x[0], u8 / 255.0, atol=1e-7)
     assert "scaled_from_uint8" in notes
-    x2, notes2 = predict.prepare_input(u8[None, ..., 0] / 255.0, CFG)  # (N, T, H, W) float
+    x2, notes2 = inputs.prepare_input(u8[None, ..., 0] / 255.0, CFG)  # (N, T, H, W) float
     np.testing.assert_allclose(x2, x, atol=1e-7)
     assert "scaled_from_uint8" not in notes2
     rgb = ModelConfig(channels=3, image_size=(64, 64), dim=16, patch=4)
     with pytest.raises(ValueError, match=r"\(N, 10, 64, 64, 3\) or \(10, 64, 64, 3\)$"):
-        predict.prepare_input(np.zeros((10, 64, 64, 1), np.float32), rgb)
+        inputs.prepare_input(np.zeros((10, 64, 64, 1), np.float32), rgb)
     with pytest.raises(ValueError, match=r"on \[0, 1\].*\[0, 255\]"):
-        predict.prepare_input(u8.astype(np.float32), CFG)
+        inputs.prepare_input(u8.astype(np.float32), CFG)
     with pytest.raises(ValueError, match="NaN"):
-        predict.prepare_input(np.full((10, 64, 64, 1), np.nan, np.float32), CFG)
+        inputs.prepare_input(np.full((10, 64, 64, 1), np.nan, np.float32), CFG)
     with pytest.raises(ValueError, match="dtype int64"):
-        predict.prepare_input(u8.astype(np.int64), CFG)
+        inputs.prepare_input(u8.astype(np.int64), CFG)
 
 
 def test_cli_rejects_bad_input_with_expected_shape(workdir, tmp_path):

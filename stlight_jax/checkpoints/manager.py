@@ -2,37 +2,32 @@
 
 A workdir's checkpoints live in `<workdir>/checkpoints/<step>/` with two items: `state`
 ({'params', 'batch_stats', 'opt_state', 'step'}) and `data` (the input iterator's JSON state).
-A weights-only checkpoint (from `python -m stlight_jax.convert import`) holds just
-{'params', 'batch_stats'} under `state`. Restores go into an abstract target, so a checkpoint
-written on 8 devices restores on 1 and the other way round. Each step also records SHA-256
-digests of the state (`checkpoint_integrity`), checked on restore; a step without readable
-digests is never used: training sets it aside, evaluation refuses it.
+Restores go into an abstract target, so a checkpoint written on 8 devices restores on 1 and the
+other way round. Each step also records SHA-256 digests of the state (`integrity`), checked on
+restore; a step without readable digests is never used: training sets it aside, evaluation
+refuses it. Weights-only checkpoints (params and batch stats) are in `weights_only`; a full
+disk while saving is named in one line by `disk_full`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import gc
 import hashlib
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-# Callers and tests name the digest names as checkpoint.<name> (DIGEST_FILE only re-exported).
-from stlight_jax.checkpoints.integrity import DIGEST_FILE as DIGEST_FILE
+from stlight_jax import log_noise
 from stlight_jax.checkpoints.integrity import (
     DIGEST_KEY,
-    CorruptCheckpointError,
     digests,
     saved_digests,
     verify,
@@ -42,57 +37,6 @@ from stlight_jax.checkpoints.integrity import (
 CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable_checkpoints"  # beside CHECKPOINT_DIR: steps set aside on resume
 VAL_METRIC = "val_mse"
-
-
-class DiskFullError(OSError):
-    """Writing into the workdir failed for lack of space (or quota); the message names it."""
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def _disk_full_cause(error: BaseException | None) -> BaseException | None:
-    """The ENOSPC/EDQUOT/EFBIG error in `error`'s chain (Orbax and TensorStore may wrap it)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in _DISK_FULL:
-            return error
-        if "No space left on device" in str(error):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
-@contextlib.contextmanager
-def disk_full_guard(workdir: str) -> Iterator[None]:
-    """Turns a full disk anywhere in the block into one DiskFullError naming `workdir` and its
-    latest complete checkpoint (a failed save never touches the earlier steps)."""
-    try:
-        yield
-    except DiskFullError:
-        raise
-    except Exception as e:
-        cause = _disk_full_cause(e)
-        if cause is None:
-            raise
-        _drop_failed_reads()  # the failed writes' coroutines would print pages when collected
-        ckpt_dir = checkpoint_dir(workdir)
-        steps = (
-            sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-            if os.path.isdir(ckpt_dir)
-            else []
-        )
-        kept = (
-            f"the latest complete checkpoint, step {steps[-1]}, is intact"
-            if steps
-            else ("no checkpoint had been saved yet")
-        )
-        reason = getattr(cause, "strerror", None) or "No space left on device"
-        raise DiskFullError(
-            f"disk full while writing to workdir {os.path.abspath(workdir)} ({reason}); {kept}: "
-            "free some space and rerun the same command to resume"
-        ) from e
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -138,7 +82,7 @@ def create_manager(directory: str, keep_latest: int = 2, read_only: bool = False
     directory = os.path.abspath(directory)
     if not read_only:
         os.makedirs(directory, exist_ok=True)  # before an alias (below) can point at it
-    with _orbax_notes_dropped():
+    with log_noise.orbax_read_only_note_dropped():
         manager = ocp.CheckpointManager(
             _orbax_path(directory), options=options, item_names=("state", "data")
         )
@@ -178,24 +122,6 @@ def _orbax_path(directory: str) -> str:
         os.symlink(directory, tmp)
         os.replace(tmp, link)  # atomic: processes sharing the name agree on the target
     return link
-
-
-class _OrbaxNotesFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Given directory is read only" not in str(record.msg)
-
-
-@contextlib.contextmanager
-def _orbax_notes_dropped() -> Iterator[None]:
-    """Drops Orbax's warning that a read-only manager is read only (evaluation and
-    `stlight_jax.load` open one on purpose) while the manager is created."""
-    notes = _OrbaxNotesFilter()
-    absl_logger = logging.getLogger("absl")
-    absl_logger.addFilter(notes)
-    try:
-        yield
-    finally:
-        absl_logger.removeFilter(notes)
 
 
 def manager_directory(manager) -> str:
@@ -275,7 +201,7 @@ def restore_latest_readable(
         else:
             _set_aside(manager, unreadable, log)
             return step, state, data_state
-        _drop_failed_reads()
+        log_noise.drop_failed_reads()
     _set_aside(manager, unreadable, log)
     return None
 
@@ -296,21 +222,6 @@ def read_error_reason(error: BaseException) -> str:
     return type(chain[0]).__name__ if chain else "unknown error"
 
 
-def _drop_failed_reads() -> None:
-    """Collects the read coroutines and tasks a failed Orbax restore leaves behind; each would
-    otherwise print its TensorStore spec (pages of it) when collected, as an "Exception
-    ignored" or as asyncio's "Task exception was never retrieved"."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    asyncio_logger = logging.getLogger("asyncio")
-    was_disabled, asyncio_logger.disabled = asyncio_logger.disabled, True
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
-        asyncio_logger.disabled = was_disabled
-
-
 def _set_aside(manager, steps: list[int], log: Callable[[str], None]) -> None:
     if not steps:
         return
@@ -327,116 +238,3 @@ def _set_aside(manager, steps: list[int], log: Callable[[str], None]) -> None:
 
         multihost_utils.sync_global_devices("stlight_jax.checkpoints.set_aside")
     manager.reload()
-
-
-def save_weights(directory: str, params: Any, batch_stats: Any, step: int = 0) -> str:
-    """Writes a weights-only checkpoint ({'params', 'batch_stats'}) that training can start from."""
-    manager = create_manager(directory, keep_latest=1)
-    save(manager, step, {"params": params, "batch_stats": batch_stats}, {})
-    manager.close()
-    return os.path.join(os.path.abspath(directory), str(step))
-
-
-def restore_weights(
-    path: str, target_params: Any, target_batch_stats: Any, step: int | str | None = None
-) -> tuple[Any, Any, int]:
-    """Reads params and batch stats from a workdir, its checkpoints dir, or a converted checkpoint.
-
-    `step` picks a step number, 'latest' or 'best' (default: best if any checkpoint has
-    validation metrics, else latest). Returns (params, batch_stats, step).
-    """
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
-        path = os.path.join(path, CHECKPOINT_DIR)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
-    # A training run saving into `path` removes old steps (keep-latest) while this reads:
-    # a read that fails while a step it listed vanished is redone, choosing again.
-    for attempt in range(1, _READ_ATTEMPTS + 1):
-        listed = _steps_on_disk(path)
-        try:
-            return _restore_weights_once(path, target_params, target_batch_stats, step)
-        except Exception:
-            gone = sorted(listed - _steps_on_disk(path))
-            if not gone and attempt < _READ_ATTEMPTS:
-                time.sleep(0.5)  # Orbax removes a step with rmtree: its directory lingers
-                gone = sorted(listed - _steps_on_disk(path))
-            if not gone or attempt == _READ_ATTEMPTS:
-                raise
-            _drop_failed_reads()
-            logging.warning(
-                "step %s in %s was removed while it was being read (a training run saving "
-                "there keeps only its latest steps); choosing the step again",
-                ", ".join(map(str, gone)),
-                path,
-            )
-            time.sleep(0.2 * attempt)
-    raise AssertionError("unreachable")
-
-
-_READ_ATTEMPTS = 5
-
-
-def _steps_on_disk(path: str) -> set[int]:
-    """The complete steps in checkpoints dir `path` (Orbax renames a step's temporary
-    directory to its number when the step is complete)."""
-    try:
-        return {int(d) for d in os.listdir(path) if d.isdigit()}
-    except OSError:
-        return set()
-
-
-def _restore_weights_once(
-    path: str, target_params: Any, target_batch_stats: Any, step: int | str | None
-) -> tuple[Any, Any, int]:
-    manager = create_manager(path, read_only=True)
-    try:
-        steps = manager.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{path!r} holds no Orbax checkpoint")
-        if step is None or step == "best":
-            chosen = best_step(manager)
-            if chosen is None:
-                if step == "best":
-                    raise ValueError(f"{path!r} has no checkpoint with validation metrics")
-                chosen = manager.latest_step()
-        elif step == "latest":
-            chosen = manager.latest_step()
-        else:
-            chosen = int(step)
-            if chosen not in steps:
-                raise ValueError(f"{path!r} has no step {chosen}; it has {sorted(steps)}")
-        target = {
-            "params": abstract_like(target_params),
-            "batch_stats": abstract_like(target_batch_stats),
-        }
-        saved_digests(manager, chosen)  # no digests to check against: refuse before reading
-        # Partial restore: a training checkpoint also holds opt_state and step, ignored here.
-        try:
-            restored = _restore_partial(manager, chosen, target)
-        except Exception as e:
-            _drop_failed_reads()
-            raise CorruptCheckpointError(
-                f"step {chosen}: the checkpoint in {path} cannot be restored "
-                f"({read_error_reason(e)})"
-            ) from e
-        state = restored["state"]
-        verify(manager, chosen, state)
-        return state["params"], state["batch_stats"], chosen
-    finally:
-        manager.close()
-
-
-def _restore_partial(manager, step: int, target: Any) -> Any:
-    """Restores only `target`'s entries ({'params', 'batch_stats'}) of the state at `step`."""
-    return manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=target,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True,
-            ),
-            data=ocp.args.JsonRestore(),  # named so Orbax does not warn it was skipped
-        ),
-    )

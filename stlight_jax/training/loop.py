@@ -15,12 +15,9 @@ import jax
 import ml_collections
 
 from stlight_jax import data
+from stlight_jax.checkpoints import disk_full
 from stlight_jax.checkpoints import manager as checkpoint
 from stlight_jax.config import validation as config_validation
-from stlight_jax.training import optimizer as optim
-from stlight_jax.training import schedules
-from stlight_jax.weights import loading as weights
-from stlight_jax.training import workdir_lock
 from stlight_jax.config.files import (
     ExperimentChangedError,
     check_same_experiment,
@@ -40,7 +37,8 @@ from stlight_jax.steps import (
     create_train_state,
     create_train_step,
 )
-from stlight_jax.training.stop_signal import EvaluationInterrupted, StopSignal
+from stlight_jax.training import optimizer as optim
+from stlight_jax.training import schedules, workdir_lock
 from stlight_jax.training.run_parts import (
     PendingMetrics,
     TrainingRun,
@@ -48,6 +46,8 @@ from stlight_jax.training.run_parts import (
     validate,
     validation_due,
 )
+from stlight_jax.training.stop_signal import EvaluationInterrupted, StopSignal
+from stlight_jax.weights import loading as weights
 from stlight_jax.writers import MetricWriter, Progress
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config_validation.validate(config)  # before any data, compile or workdir work
     with (
         StopSignal() as stop,
-        checkpoint.disk_full_guard(workdir),
+        disk_full.disk_full_guard(workdir),
         workdir_lock.hold_for_job(workdir),
     ):
         return _train_and_evaluate(config, workdir, stop)

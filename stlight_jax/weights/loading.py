@@ -10,10 +10,10 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
-from stlight_jax.checkpoints import manager as ckpt
-from stlight_jax.weights import torch_files as convert
+from stlight_jax.checkpoints import weights_only
 from stlight_jax.config.files import model_config
 from stlight_jax.models import ModelConfig, create_model
+from stlight_jax.weights import torch_files as convert
 
 PYTORCH_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
@@ -70,7 +70,8 @@ def load_model(
 
     `weights`: a PyTorch state_dict file (.pt/.pth/.ckpt/.safetensors) through the converter;
     `checkpoint`: an Orbax checkpoints dir or converted weights checkpoint; otherwise
-    `workdir`. `step` ('best' | 'latest' | N) picks an Orbax step (`checkpoint.restore_weights`).
+    `workdir`. `step` ('best' | 'latest' | N) picks an Orbax step
+    (`checkpoints.weights_only.restore_weights`).
     """
     if checkpoint and weights:
         raise ValueError("give either a checkpoint (Orbax) or weights (PyTorch), not both")
@@ -91,7 +92,7 @@ def load_model(
     path = checkpoint or workdir
     if not path:
         raise ValueError("nothing to load: give a workdir, a checkpoint or a weights file")
-    params, batch_stats, chosen = ckpt.restore_weights(path, params, batch_stats, step)
+    params, batch_stats, chosen = weights_only.restore_weights(path, params, batch_stats, step)
     source = {
         "kind": "orbax",
         "path": os.path.abspath(path),
@@ -116,5 +117,5 @@ def load_init_from(
     if path.endswith(PYTORCH_EXTENSIONS):
         params, batch_stats, layout = read_pytorch(graphdef, params, batch_stats, path, key_map)
         return params, batch_stats, f"PyTorch weights {path} ({layout} layout)"
-    params, batch_stats, step = ckpt.restore_weights(path, params, batch_stats)
+    params, batch_stats, step = weights_only.restore_weights(path, params, batch_stats)
     return params, batch_stats, f"Orbax checkpoint {path} (step {step})"

@@ -6,6 +6,7 @@ the STF code's, training-checkpoint wrappers, user key maps); export writes Figu
 the STF code's), so import followed by export is the identity, bit for bit. The command line
 is `python -m stlight_jax.convert` (stlight_jax/cli/convert.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from stlight_jax.models import ModelConfig
 from stlight_jax.weights import key_formats as weight_layouts
 from stlight_jax.weights.param_table import expected_torch_shapes, parameter_layout
-from stlight_jax.models import ModelConfig
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -263,13 +264,13 @@ def import_to_checkpoint(
     Returns the checkpoint path and the layout read."""
     from flax import nnx
 
-    from stlight_jax.checkpoints import manager as checkpoint
+    from stlight_jax.checkpoints import weights_only
     from stlight_jax.models import create_model
 
     model = create_model(ModelConfig.from_config(config.model), seed=0)
     state_dict, layout = read_state_dict(weights, key_map, strict)
     load_into_model(model, state_dict, strict=strict, source=weights)
-    where = checkpoint.save_weights(
+    where = weights_only.save_weights(
         out, nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat)
     )
     return f"{where} (from the {layout} layout)"
@@ -285,11 +286,11 @@ def export_from_checkpoint(
     """
     from flax import nnx
 
-    from stlight_jax.checkpoints import manager as checkpoint
+    from stlight_jax.checkpoints import weights_only
     from stlight_jax.models import create_model
 
     model = create_model(ModelConfig.from_config(config.model), seed=0)
-    params, batch_stats, chosen = checkpoint.restore_weights(
+    params, batch_stats, chosen = weights_only.restore_weights(
         path, nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat), step
     )
     nnx.update(model, params, batch_stats)
