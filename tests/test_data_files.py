@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from stlight_jax.configs.common import get_base_config
 from stlight_jax import data
+from stlight_jax.configs.common import get_base_config
 from stlight_jax.data import kth
+from stlight_jax.training import loop as train
+from tests import tiny_config, tiny_weights
+from tests.cli_runs import assert_one_line_error, run_script
 
 
 def _config(tmp_path, name, path, frames=(4, 4), size=(32, 32), channels=2, **d):
@@ -350,3 +355,104 @@ def test_lone_array_holds_out_a_test_set_or_is_refused_before_training(tmp_path)
     c.data.path, c.data.num_val = str(tmp_path / "tv.npz"), 4
     ds = data.get_dataset(c)
     assert (ds.train_size, ds.eval_size("val"), ds.eval_size("test")) == (5, 3, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite data is refused at load, naming the file, the split and the first bad index.
+
+
+@pytest.fixture
+def config(tmp_path):
+    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
+
+
+def test_nan_in_custom_val_split_is_refused(config, tmp_path):
+    with np.load(config.data.path) as z:
+        parts = {k: z[k].copy() for k in z.files}
+    parts["val"][5, 2, 3, 4, 0] = np.nan
+    parts["val"][6, 0, 0, 0, 0] = np.inf
+    np.savez(config.data.path, **parts)
+    with pytest.raises(ValueError) as err:
+        data.steps_per_epoch(config)
+    msg = str(err.value)
+    assert "data.npz: val" in msg and "sample 5" in msg and "(5, 2, 3, 4, 0)" in msg
+    assert "nan" in msg and "\n" not in msg
+
+
+def test_inf_in_lone_custom_array_is_refused(config, tmp_path):
+    with np.load(config.data.path) as z:
+        train_part = z["train"].copy()
+    train_part[31, 7, 15, 15, 0] = -np.inf
+    config.data.path = str(tmp_path / "lone.npy")
+    np.save(config.data.path, train_part)
+    with pytest.raises(ValueError, match=r"lone.npy .*train part, sample 31 .*-inf.*\(31, 7"):
+        data.steps_per_epoch(config)
+
+
+def test_nan_in_taxibj_is_refused(tmp_path):
+    from stlight_jax.configs.common import get_base_config
+
+    rng = np.random.default_rng(1)
+    arrays = {
+        f"{xy}_{s}": rng.uniform(-1, 1, (n, 4, 2, 32, 32)).astype(np.float32)
+        for s, n in (("train", 6), ("test", 3))
+        for xy in "XY"
+    }
+    arrays["Y_test"][2, 1, 0, 7, 9] = np.nan
+    path = str(tmp_path / "dataset.npz")
+    np.savez(path, **arrays)
+    c = get_base_config()
+    c.data.name, c.data.path, c.data.num_val = "taxibj", path, 2
+    c.model.frames_in, c.model.frames_out, c.model.image_size, c.model.channels = 4, 4, (32, 32), 2
+    with pytest.raises(ValueError, match=r"dataset.npz: Y_test: sample 2 .*nan.*\(2, 1, 0, 7, 9\)"):
+        data.steps_per_epoch(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Degenerate data: one line before any training, in train.py and predict mode; a lone .npy.
+
+
+@pytest.fixture
+def weights(config, tmp_path) -> str:
+    return tiny_weights.write_safetensors(config, str(tmp_path / "w.safetensors"))
+
+
+@pytest.mark.slow  # three command-line runs: ~40 s on 2 cores
+def test_degenerate_data_is_one_line_before_training_in_train_and_predict(
+    config, weights, tmp_path
+):
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    workdir = tmp_path / "run"
+    proc = run_script(
+        ["train.py"], f"--config=tests/tiny_config.py:{empty}", f"--workdir={workdir}"
+    )
+    assert_one_line_error(proc, "train.py", f"{empty}: config.data.path is an empty file")
+    assert not os.path.exists(workdir / "checkpoints")
+    np.save(tmp_path / "complex.npy", np.full((1, 4, 16, 16, 1), 0.5 + 0j, np.complex64))
+    predict = ["--mode=predict", f"--config=tests/tiny_config.py:{config.data.path}"]
+    for name, needle in (
+        ("empty.npy", f"{empty}: --input is an empty file (0 bytes)"),
+        ("complex.npy", "complex.npy: input dtype complex64 is not supported"),
+    ):
+        proc = run_script(
+            ["evaluate.py"],
+            *predict,
+            f"--weights={weights}",
+            f"--input={tmp_path / name}",
+            f"--out={tmp_path / 'pred'}",
+        )
+        assert_one_line_error(proc, "evaluate.py", needle)
+    assert not os.path.exists(tmp_path / "pred" / "predictions.npy")
+
+
+def test_lone_npy_trains_and_scores_its_held_out_test_set(config, tmp_path):
+    """configs/custom.py's usage, a lone .npy, ends with test metrics (its last num_val
+    samples), instead of failing "no test samples" after every epoch."""
+    with np.load(config.data.path) as z:
+        lone = np.concatenate([z["train"], z["val"], z["test"]])  # 48 samples
+    config.data.path = str(tmp_path / "lone.npy")
+    np.save(config.data.path, lone)
+    config.num_epochs = 1  # 48 - 8 test - 8 val = 32 training samples: 4 steps
+    result = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert result["model"]["num_samples"] == 8, result

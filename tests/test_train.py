@@ -9,15 +9,17 @@ import signal
 import subprocess
 import sys
 
+import jax
+import ml_dtypes
 import numpy as np
 import pytest
 
 from stlight_jax import data, steps
 from stlight_jax.checkpoints import manager as checkpoint
+from stlight_jax.training import loop as train
 from stlight_jax.training import optimizer as optim
 from stlight_jax.training import schedules
-from stlight_jax.training import loop as train
-from tests import tiny_config
+from tests import tiny_config, tiny_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,3 +155,66 @@ def test_training_loss_adds_the_weighted_mean_absolute_error_to_the_papers_mse()
         _, out = step(sharding.replicate(state, mesh), batch)
         want = np.mean(err**2) + weight * np.mean(np.abs(err))
         assert np.isclose(float(out["loss"]), want, rtol=1e-5), (weight, out["loss"], want)
+
+
+def _first_step_loss(config, init_from: str | None) -> float:
+    """The loss of train.py's first step from `init_from`'s weights (None: a fresh init),
+    computed here with the same train step on the same first batch."""
+    from stlight_jax import sharding
+    from stlight_jax.weights import loading as weights
+
+    scheds = schedules.create_schedules(config, data.steps_per_epoch(config))
+    tx = optim.create_optimizer(config, scheds)
+    graphdef, state = steps.create_train_state(config, tx)
+    if init_from:
+        params, stats, _ = weights.load_init_from(
+            init_from, graphdef, state["params"], state["batch_stats"]
+        )
+        state = {**state, "params": params, "batch_stats": stats, "opt_state": tx.init(params)}
+    mesh = sharding.create_mesh(jax.devices()[:1])
+    step = steps.create_train_step(graphdef, tx, scheds.lr, mesh)
+    it = data.create_train_iterator(config)
+    _, metrics = step(jax.device_put(state), sharding.global_batch(next(it), mesh))
+    it.close()
+    return float(metrics["loss"])
+
+
+@pytest.mark.slow  # train.py and a resumed run: ~30 s on 2 cores
+def test_bfloat16_init_from_trains_in_float32_and_resumes(config, tmp_path):
+    """train.py --config.init_from= a bfloat16 .safetensors: training starts from those
+    weights (its first loss is theirs, not a fresh init's); params, BN stats and Adam state
+    are float32, so the next rerun restores the checkpoint instead of starting over."""
+    from safetensors.numpy import save_file
+
+    weights = str(tmp_path / "half.safetensors")
+    save_file(tiny_weights.state_dict(config, ml_dtypes.bfloat16), weights)
+    workdir = str(tmp_path / "run")
+    args = [
+        f"--config=tests/tiny_config.py:{config.data.path}",
+        f"--workdir={workdir}",
+        f"--config.init_from={weights}",
+        "--config.num_epochs=1",
+    ]
+    proc = run_cli(args, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Initialised from PyTorch weights {weights}" in proc.stderr, proc.stderr[-3000:]
+    first = next(r["train_loss"] for r in read_jsonl(workdir) if "train_loss" in r)
+    imported, fresh = _first_step_loss(config, weights), _first_step_loss(config, None)
+    assert first == pytest.approx(imported, rel=1e-6)
+    assert abs(first - fresh) > 1e-3 * fresh, (first, fresh)
+    config.init_from = weights
+    config.num_epochs = 1
+
+    manager = checkpoint.create_manager(checkpoint.checkpoint_dir(workdir), read_only=True)
+    restored = checkpoint.restore_latest_readable(manager, abstract_state(config))
+    manager.close()
+    assert restored is not None and restored[0] == 4
+    assert tiny_weights.floating_dtypes(restored[1]) == {np.dtype(np.float32)}
+
+    # The same command again (the same experiment): it restores step 4 rather than setting it
+    # aside and training from init_from again.
+    train.train_and_evaluate(config, workdir)
+    records = read_jsonl(workdir)
+    assert {"step": 4, "resumed_from_step": 4} in records
+    assert train_steps(records) == [1, 2, 3, 4]
+    assert not os.path.exists(os.path.join(workdir, checkpoint.UNREADABLE_DIR))

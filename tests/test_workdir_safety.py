@@ -17,10 +17,11 @@ import time
 import pytest
 
 from stlight_jax.checkpoints import manager as checkpoint
+from stlight_jax.checkpoints import weights_only
 from stlight_jax.config import files as config_io
 from stlight_jax.training import loop as train
 from tests import tiny_config
-from tests.test_reliability import REPO, _run, assert_one_line_error
+from tests.cli_runs import REPO, assert_one_line_error, run_script
 from tests.test_train import read_jsonl, train_steps
 
 
@@ -81,13 +82,14 @@ def test_experiment_changes_name_each_field_and_skip_resume_safe_settings(finish
     )
 
 
+@pytest.mark.slow  # several train.py runs: ~45 s on 2 cores
 def test_rerun_of_another_experiment_stops_before_touching_the_workdir(finished_run, tmp_path):
     config, original = finished_run
     workdir = str(tmp_path / "run")
     shutil.copytree(original, workdir)
     before = _snapshot(workdir)
     base = [f"--config=tests/tiny_config.py:{config.data.path}", f"--workdir={workdir}"]
-    proc = _run(["train.py"], *base, "--config.model.dim=32", "--config.optimizer.b2=0.99")
+    proc = run_script(["train.py"], *base, "--config.model.dim=32", "--config.optimizer.b2=0.99")
     assert_one_line_error(
         proc,
         "train.py",
@@ -97,13 +99,13 @@ def test_rerun_of_another_experiment_stops_before_touching_the_workdir(finished_
         "give a new --workdir",
     )
     # The change that used to load the other architecture's weights silently.
-    proc = _run(["train.py"], *base, "--config.model.dilation=1")
+    proc = run_script(["train.py"], *base, "--config.model.dilation=1")
     assert_one_line_error(proc, "train.py", "config.model.dilation: 3 -> 1")
     assert _snapshot(workdir) == before  # checkpoints, metrics, config and results untouched
     assert not os.path.exists(os.path.join(workdir, checkpoint.UNREADABLE_DIR))
 
     # Settings that do not change the experiment resume (the finished run: its test pass).
-    proc = _run(
+    proc = run_script(
         ["train.py"],
         *base,
         "--config.log_every_steps=3",
@@ -126,6 +128,7 @@ def test_rerun_of_another_experiment_stops_before_touching_the_workdir(finished_
 ODD_NAME = "lr[1e-3] a\\b ñ漢 *?"  # brackets, a backslash, spaces, non-ASCII, glob characters
 
 
+@pytest.mark.slow  # train.py killed, resumed, then evaluate.py: ~90 s on 2 cores
 def test_any_path_works_as_workdir_and_out_through_kill_resume_and_evaluate(tmp_path):
     data_path = tiny_config.write_data(str(tmp_path / "data.npz"))
     workdir = str(tmp_path / "runs" / ODD_NAME)
@@ -158,7 +161,7 @@ def test_any_path_works_as_workdir_and_out_through_kill_resume_and_evaluate(tmp_
     stopped = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert 0 < stopped < 120, first[-3000:]
 
-    proc = _run(["train.py"], *args)
+    proc = run_script(["train.py"], *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Resuming from {workdir}/checkpoints at step {stopped}" in proc.stderr
     for text in (first, proc.stderr):
@@ -168,7 +171,7 @@ def test_any_path_works_as_workdir_and_out_through_kill_resume_and_evaluate(tmp_
     assert os.path.exists(os.path.join(workdir, "test_metrics.json"))
 
     out = str(tmp_path / "eval" / ODD_NAME)
-    proc = _run(["evaluate.py"], f"--workdir={workdir}", f"--out={out}", "--step=latest")
+    proc = run_script(["evaluate.py"], f"--workdir={workdir}", f"--out={out}", "--step=latest")
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(out, "metrics.json")) as f:
         assert json.load(f)["checkpoint"]["step"] == 120
@@ -183,16 +186,16 @@ def test_a_step_removed_while_it_is_read_is_chosen_again(finished_run, tmp_path,
     workdir = str(tmp_path / "run")
     shutil.copytree(original, workdir)
     params, batch_stats = _model_target(config)
-    restore = checkpoint._restore_partial
+    restore = weights_only._restore_partial
 
     def removed_mid_read(manager, step, target):
         # What a training run saving here does to its oldest kept step, mid-read.
         shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
         return restore(manager, step, target)
 
-    monkeypatch.setattr(checkpoint, "_restore_partial", removed_mid_read)
+    monkeypatch.setattr(weights_only, "_restore_partial", removed_mid_read)
     with pytest.raises(ValueError, match=r"has no step 8; it has \[4\]$"):
-        checkpoint.restore_weights(workdir, params, batch_stats, step=8)  # asked for by number
+        weights_only.restore_weights(workdir, params, batch_stats, step=8)  # asked for by number
 
     shutil.rmtree(workdir)
     shutil.copytree(original, workdir)
@@ -204,8 +207,8 @@ def test_a_step_removed_while_it_is_read_is_chosen_again(finished_run, tmp_path,
             shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
         return restore(manager, step, target)
 
-    monkeypatch.setattr(checkpoint, "_restore_partial", removed_once)
-    _, _, step = checkpoint.restore_weights(workdir, params, batch_stats, step="latest")
+    monkeypatch.setattr(weights_only, "_restore_partial", removed_once)
+    _, _, step = weights_only.restore_weights(workdir, params, batch_stats, step="latest")
     assert calls == [8, 4] and step == 4  # the newest complete step left
 
 
@@ -223,6 +226,7 @@ def _model_target(config):
 # A quiet start.
 
 
+@pytest.mark.slow  # an evaluate.py run: ~30 s on 2 cores
 def test_quiet_start_no_tpu_line_and_no_orbax_read_only_warnings(finished_run, tmp_path, caplog):
     config, workdir = finished_run
     # JAX_PLATFORMS unset: JAX tries every backend it knows, the TPU one included.
@@ -241,5 +245,5 @@ def test_quiet_start_no_tpu_line_and_no_orbax_read_only_warnings(finished_run, t
     # Loading from Python (stlight_jax.load, evaluation): no Orbax notes either.
     caplog.set_level(logging.WARNING)
     params, batch_stats = _model_target(config)
-    checkpoint.restore_weights(workdir, params, batch_stats, step="latest")
+    weights_only.restore_weights(workdir, params, batch_stats, step="latest")
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
