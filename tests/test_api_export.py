@@ -112,6 +112,7 @@ def _readme_block(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow  # a Python subprocess: ~11 s on 2 cores
 def test_readme_api_example_runs_from_another_directory(tmp_path, monkeypatch):
     """The README's example, verbatim, in a directory without configs/: the paper's config
     comes from the installed package."""
@@ -180,6 +181,7 @@ def test_stablehlo_cli_fixed_batch(weights, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "pass config=" in r.stderr
 
 
+@pytest.mark.slow  # torch.onnx export: ~11 s on 2 cores
 def test_onnx_matches_jax(weights, tmp_path, rng):
     for module in ("torch", "onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(module, reason="ONNX export needs requirements-export.txt")

@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 from benchmarks import bench, compare, eval_throughput  # noqa: E402
 
 
+@pytest.mark.slow  # both frameworks timed: ~17 s on 2 cores
 def test_bench_times_both_frameworks_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     result = bench.main(

@@ -92,6 +92,7 @@ def test_table2_hyperparameters():
     assert (kc.optimizer.schedule, kc.optimizer.final_div_factor) == ("onecycle", 3000)
 
 
+@pytest.mark.slow  # four convert runs: ~30 s on 2 cores
 def test_convert_cli_round_trip(tmp_path):
     torch = pytest.importorskip("torch", reason="the CLI round trip starts from a torch file")
     from conftest import randomize_reference

@@ -258,6 +258,7 @@ def test_test_split_from_seq_folders(tmp_path):
         kc.KittiCaltech(c)
 
 
+@pytest.mark.slow  # an evaluate.py run: ~13 s on 2 cores
 def test_evaluate_on_a_tiny_seq_set(tmp_path):
     """evaluate.py scores a model (random weights, written as a PyTorch state_dict) on the
     test split built from set*/V*.seq folders."""

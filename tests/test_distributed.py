@@ -196,6 +196,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two subprocess runs on 1 and 8 devices: ~60 s on 2 cores
 def test_one_vs_eight_devices_and_checkpoint_from_eight_on_one(tmp_path):
     tiny_config.write_data(str(tmp_path / "data.npz"))
     finish(tmp_path, start(tmp_path, "dp8"), "dp8")

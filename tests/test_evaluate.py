@@ -65,6 +65,7 @@ def _forward(loaded: weights.LoadedModel, x: np.ndarray) -> np.ndarray:
     return np.asarray(pred)
 
 
+@pytest.mark.slow  # an evaluate.py run: ~20 s on 2 cores
 def test_cli_eval_writes_every_file(workdir, tmp_path):
     out = tmp_path / "eval"
     proc = subprocess.run(

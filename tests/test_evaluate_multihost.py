@@ -188,6 +188,7 @@ def test_two_processes_write_what_one_writes(workdir, tmp_path):
     ]
 
 
+@pytest.mark.slow  # two evaluate.py processes: ~13 s on 2 cores
 def test_predict_input_missing_on_one_process_fails_everywhere(workdir, tmp_path):
     # Each process reads the whole --input; a host without the file must not leave the others
     # waiting in a collective: every process exits with a one-line error.

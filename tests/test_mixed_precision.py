@@ -7,12 +7,13 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import tiny_config
 
 from stlight_jax import sharding
+from stlight_jax.steps import create_train_state, create_train_step
 from stlight_jax.training import optimizer as optim
 from stlight_jax.training import schedules
-from stlight_jax.steps import create_train_state, create_train_step
 
 
 def _train_step(compute_dtype: str, data_path: str):
@@ -40,6 +41,7 @@ def _run(compute_dtype: str, data_path: str, steps: int = 3):
     return state, losses
 
 
+@pytest.mark.slow  # a bf16 training run: ~30 s on 2 cores
 def test_bf16_compute_with_float32_state(tmp_path):
     path = tiny_config.write_data(str(tmp_path / "data.npz"))
     state16, losses16 = _run("bfloat16", path)

@@ -150,6 +150,7 @@ def test_load_by_name_from_another_directory(tmp_path, monkeypatch):
     assert model.predict(frames, horizon=12).shape == (1, 12, 64, 64, 1)
 
 
+@pytest.mark.slow  # evaluate.py on a shipped model: ~40 s on 2 cores
 def test_evaluate_pretrained_command(tmp_path):
     """The one-minute look's command, on 16 test sequences: the same files, a table."""
     out = tmp_path / "look"

@@ -36,6 +36,7 @@ NULL_BIAS, NEXT_BN = "patch_encoder.0.bias", "patch_encoder.1"
 BN_MOMENTUM = 0.1  # torch's default, which the reference uses
 
 
+@pytest.mark.slow  # 20 training steps in both frameworks: ~35 s on 2 cores
 def test_twenty_steps_of_adam_onecycle_match_torch():
     config = tiny_config.get_config()
     config.model.depth = 3  # odd depth: the skip connection indices of Figure 10

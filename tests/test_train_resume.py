@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from stlight_jax.checkpoints import manager as checkpoint
 from tests import tiny_config
@@ -88,6 +89,7 @@ def final_state(config, workdir):
     return state, data_state
 
 
+@pytest.mark.slow  # a killed run, its rerun and a straight run: ~80 s on 2 cores
 def test_sigkill_and_rerun_is_bit_identical(tmp_path):
     config = tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
