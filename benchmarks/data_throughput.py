@@ -17,8 +17,8 @@ import numpy as np
 # Run as a script from anywhere: the repo root holds `configs` and `stlight_jax`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stlight_jax.configs.common import get_base_config  # noqa: E402
 from stlight_jax import data  # noqa: E402
+from stlight_jax.configs.common import get_base_config  # noqa: E402
 
 
 def pipeline_rate(config, batches: int) -> float:

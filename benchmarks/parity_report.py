@@ -32,9 +32,9 @@ def main() -> None:
     from flax import nnx
     from test_parity import CONFIGS, IMPLS
 
-    from stlight_jax.weights import torch_files as convert
     from stlight_jax.models import create_model
     from stlight_jax.reference import reference_from_config
+    from stlight_jax.weights import torch_files as convert
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

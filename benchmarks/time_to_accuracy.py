@@ -65,10 +65,10 @@ class _Jax:
 
         from stlight_jax import sharding, steps
         from stlight_jax.config import files as config_io
-        from stlight_jax.weights import torch_files as convert
+        from stlight_jax.models import create_model
         from stlight_jax.training import optimizer as optim
         from stlight_jax.training import schedules
-        from stlight_jax.models import create_model
+        from stlight_jax.weights import torch_files as convert
 
         self.sharding = sharding
         model = create_model(config_io.model_config(config), seed=config.seed)
@@ -96,8 +96,8 @@ class _Torch:
         import torch
 
         from stlight_jax.config import files as config_io
-        from stlight_jax.weights import torch_files as convert
         from stlight_jax.reference import reference_from_config
+        from stlight_jax.weights import torch_files as convert
 
         torch.set_num_threads(threads)
         self.torch = torch
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.bench import machine_info, write_result
     from stlight_jax import runtime
     from stlight_jax.config import files as config_io
-    from stlight_jax.weights import torch_files as convert
     from stlight_jax.models import create_model
+    from stlight_jax.weights import torch_files as convert
 
     try:
         config = config_io.load_config(args.config)

@@ -37,12 +37,12 @@ dim 256 depth 8 model (lr 5e-3) was ahead at equal time (validation MSE 137 afte
 sequences vs 166 after 1,000 for the 2.1M-parameter dim 384 depth 12 one). A first 5,000-step
 run of this size (batch 8, pure MSE) reached test MSE 96.86 but SSIM 0.6845 and MAE 244.33,
 below "predict zeros" on both (its pictures show faint grey blobs where the digits may be:
-a hedge that MSE rewards and that SSIM and MAE on the black background punish). Loss probe (500 steps, 300
-validation sequences, benchmarks/results/vm-cpu2-2026-12-05-l1-probe.json), validation
-MSE / MAE / SSIM by l1_weight: 0: 128.7 / 332.1 / 0.409; 0.02: 128.6 / 320.9 / 0.443; 0.1:
-129.8 / 288.1 / 0.539; 1.0: 1046 / 420.9 / 0.736 (diverged in MSE after step 250). 0.1 keeps
-the MSE of the paper's loss and moves SSIM and MAE most; batch 16 at 0.39 s per step fits
-12,000 steps in the cap.
+a hedge that MSE rewards and that SSIM and MAE on the black background punish). Loss probe
+(500 steps, 300 validation sequences, benchmarks/results/vm-cpu2-2026-12-05-l1-probe.json),
+validation MSE / MAE / SSIM by l1_weight: 0: 128.7 / 332.1 / 0.409; 0.02: 128.6 / 320.9 /
+0.443; 0.1: 129.8 / 288.1 / 0.539; 1.0: 1046 / 420.9 / 0.736 (diverged in MSE after step
+250). 0.1 keeps the MSE of the paper's loss and moves SSIM and MAE most; batch 16 at 0.39 s
+per step fits 12,000 steps in the cap.
 
 Result (pretrained/mmnist_cpu_2h.json): 78.1 minutes of wall time from the first log line to
 the test results (76.6 min in the training loop, 12 validations included), best checkpoint =

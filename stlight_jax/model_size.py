@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from stlight_jax.weights.param_table import count_trainable
 from stlight_jax.models import ModelConfig
+from stlight_jax.weights.param_table import count_trainable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,11 +13,11 @@ import pytest
 from conftest import from_torch_video, max_rel_err, randomize_reference, to_torch_video
 from flax import nnx
 
-from stlight_jax.weights import torch_files as convert
-from stlight_jax.weights import param_table as layout
 from stlight_jax.model_size import count_params, model_size
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.reference import build_reference, reference_from_config
+from stlight_jax.weights import param_table as layout
+from stlight_jax.weights import torch_files as convert
 
 torch = pytest.importorskip("torch", reason="the parity tests need the PyTorch CPU wheel")
 

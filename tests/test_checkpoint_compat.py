@@ -21,10 +21,10 @@ from flax import nnx
 from stlight_jax import steps
 from stlight_jax.checkpoints import manager as checkpoint
 from stlight_jax.config import files as config_io
-from stlight_jax.weights import torch_files as convert
 from stlight_jax.training import optimizer as optim
 from stlight_jax.training import schedules
 from stlight_jax.weights import loading as weights
+from stlight_jax.weights import torch_files as convert
 
 WORKDIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "workdir_e54521e")
 

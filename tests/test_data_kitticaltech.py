@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stlight_jax.configs.common import get_base_config
 from stlight_jax import data
+from stlight_jax.configs.common import get_base_config
 from stlight_jax.data import kitticaltech
 
 SIZE = (8, 10)  # (H, W); the real frames are 128x160

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from stlight_jax.configs.common import get_base_config
 from stlight_jax import data
+from stlight_jax.configs.common import get_base_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

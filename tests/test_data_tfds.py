@@ -18,8 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from stlight_jax.configs.common import get_base_config
 from stlight_jax import data
+from stlight_jax.configs.common import get_base_config
 from stlight_jax.data import mnist, tfds_sources
 
 tfds = pytest.importorskip(

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from stlight_jax import data, sharding
+from stlight_jax.steps import create_train_state, create_train_step
 from stlight_jax.training import optimizer as optim
 from stlight_jax.training import schedules
-from stlight_jax.steps import create_train_state, create_train_step
 from tests import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

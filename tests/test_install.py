@@ -79,8 +79,9 @@ def test_pip_install_runs_from_another_directory(tmp_path):
     # One command from another directory, with the paper's config by its checkout path.
     weights = elsewhere / "w.safetensors"
     _run(
-        [python, "-c", "from stlight_jax.weights import torch_files as convert; from stlight_jax.models import "
-         "ModelConfig, create_model; from stlight_jax.config.files import load_config; "
+        [python, "-c", "from stlight_jax.weights import torch_files as convert; "
+         "from stlight_jax.models import ModelConfig, create_model; "
+         "from stlight_jax.config.files import load_config; "
          "c = load_config('configs/mmnist.py:cpu'); "
          "m = create_model(ModelConfig.from_config(c.model), seed=1); "
          f"convert.save_state_dict_file(convert.model_state_dict(m), {str(weights)!r})"],

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stlight_jax.weights import param_table as layout
 from stlight_jax.models import ModelConfig, create_model
+from stlight_jax.weights import param_table as layout
 
 TINY = ModelConfig(
     frames_in=3, frames_out=2, channels=2, image_size=(8, 12), dim=8, depth=4, patch=2

@@ -17,9 +17,9 @@ import pytest
 from conftest import from_torch_video, max_rel_err, randomize_reference, to_torch_video
 from flax import nnx
 
-from stlight_jax.weights import torch_files as convert
 from stlight_jax.models import ModelConfig, create_model
 from stlight_jax.reference import reference_from_config
+from stlight_jax.weights import torch_files as convert
 
 torch = pytest.importorskip("torch", reason="the parity tests need the PyTorch CPU wheel")
 

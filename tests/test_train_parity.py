@@ -15,11 +15,11 @@ from flax import nnx
 
 from stlight_jax import sharding, steps
 from stlight_jax.config import files as config_io
-from stlight_jax.weights import torch_files as convert
-from stlight_jax.training import optimizer as optim
-from stlight_jax.training import schedules
 from stlight_jax.models import create_model
 from stlight_jax.reference import reference_from_config
+from stlight_jax.training import optimizer as optim
+from stlight_jax.training import schedules
+from stlight_jax.weights import torch_files as convert
 from tests import tiny_config
 
 torch = pytest.importorskip("torch", reason="the parity tests need the PyTorch CPU wheel")

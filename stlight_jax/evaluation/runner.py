@@ -18,13 +18,11 @@ import numpy as np
 
 from stlight_jax import data, metrics, pretrained
 from stlight_jax.config import validation as config_validation
-from stlight_jax.evaluation import output_set
-from stlight_jax.evaluation import predict
-from stlight_jax.evaluation import visualize
 from stlight_jax.config.files import load_workdir_config
+from stlight_jax.evaluation import output_set, predict, visualize
+from stlight_jax.evaluation.loop import evaluate_split
 from stlight_jax.models import ModelConfig
 from stlight_jax.sharding import create_mesh, host_batch, replicate, split_order
-from stlight_jax.evaluation.loop import evaluate_split
 from stlight_jax.steps import PREDICTORS, create_eval_step, create_forward
 from stlight_jax.weights.loading import LoadedModel, load_model
 from stlight_jax.writers import write_json
