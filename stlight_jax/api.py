@@ -44,9 +44,9 @@ class Predictor:
 
     def model(self) -> Any:
         """A fresh `nnx` STLight module holding these weights (in eval mode)."""
-        from flax import nnx
+        from stlight_jax.weights.loading import rebuild_model
 
-        model = nnx.merge(self._loaded.graphdef, self.params, self.batch_stats)
+        model = rebuild_model(self._loaded.graphdef, self.params, self.batch_stats)
         model.eval()
         return model
 

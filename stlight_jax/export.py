@@ -87,10 +87,11 @@ def reference_module(loaded: Any) -> Any:
 
     from stlight_jax.reference import reference_from_config
     from stlight_jax.weights import torch_files as convert
+    from stlight_jax.weights.loading import rebuild_model
 
     cfg = loaded.model_config
     ref = reference_from_config(cfg)
-    model = loaded_model(loaded)
+    model = rebuild_model(loaded.graphdef, loaded.params, loaded.batch_stats)
     state = {k: torch.tensor(v) for k, v in convert.model_state_dict(model).items()}
     ref.load_state_dict(state, strict=True)
 
@@ -103,12 +104,6 @@ def reference_module(loaded: Any) -> Any:
             return self.net(frames.permute(0, 1, 4, 2, 3)).permute(0, 1, 3, 4, 2)
 
     return ChannelsLast(ref).eval()
-
-
-def loaded_model(loaded: Any) -> Any:
-    from flax import nnx
-
-    return nnx.merge(loaded.graphdef, loaded.params, loaded.batch_stats)
 
 
 def write_onnx(loaded: Any, out: str, batch: int | None, check: bool = True) -> str:

@@ -19,28 +19,13 @@ from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
 from stlight_jax import ops
+from stlight_jax.config import schema
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Every size of the network; `validate()` rejects combinations Figure 10 cannot build."""
-
-    frames_in: int = 10
-    frames_out: int = 10
-    channels: int = 1
-    image_size: tuple[int, int] = (64, 64)
-    dim: int = 1000
-    depth: int = 16
-    patch: int = 2
-    overlap: int = 0
-    k1: int = 3
-    k2: int = 7
-    dilation: int = 3
-    conv_impl: str = "auto"
-    # The paper's ablations (appendices D and F, Table 4); the defaults are its choices.
-    init: str = "hybrid"
-    decoder: str = "shuffle_reassemble"
-    skip: str = "thirds"
+class ModelConfig(schema.Model):
+    """Every size of the network: the fields and defaults of `config.model` as
+    config/schema.py declares them; `validate()` rejects combinations Figure 10 cannot build."""
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Any) -> ModelConfig:
@@ -66,20 +51,21 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raises ValueError naming the field and the numbers of the first invalid setting."""
-        for name in ("frames_in", "frames_out", "channels", "dim", "depth", "patch", "k1", "k2"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.dilation, int) or self.dilation < 1:
-            raise ValueError(f"model.dilation must be a positive integer, got {self.dilation!r}")
-        if not isinstance(self.overlap, int) or self.overlap < 0:
-            raise ValueError(f"model.overlap must be a non-negative integer, got {self.overlap!r}")
+        specs = {f.name: schema.spec_of(f) for f in dataclasses.fields(self)}
+        for name, spec in specs.items():  # the schema's integer fields and their lower bounds
+            if not isinstance(spec.rule, schema.Integer):
+                continue
+            value, lo = getattr(self, name), spec.rule.lo
+            if not isinstance(value, int) or (lo is not None and value < lo):
+                kinds = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}
+                what = kinds.get(lo, f"an integer >= {lo}")
+                raise ValueError(f"model.{name} must be {what}, got {value!r}")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f"model.image_size must be (H, W) > 0, got {self.image_size!r}")
-        for name, choices in ABLATIONS.items():
-            if getattr(self, name) not in choices:
+        for name, spec in specs.items():  # the schema's choice fields
+            if isinstance(spec.rule, schema.OneOf) and getattr(self, name) not in spec.rule.options:
                 raise ValueError(
-                    f"model.{name}={getattr(self, name)!r} is not one of {tuple(choices)}"
+                    f"model.{name}={getattr(self, name)!r} is not one of {spec.rule.options}"
                 )
         h, w = self.image_size
         p = self.patch
@@ -98,7 +84,6 @@ class ModelConfig:
                 f"padding {pad} and a latent height {out} instead of {h // p}: "
                 "(overlap-1)*patch must be even"
             )
-        ops.resolve_conv_impl(self.conv_impl)
 
     @property
     def skip_blocks(self) -> tuple[int, int]:
@@ -130,16 +115,8 @@ class ModelConfig:
                 )
 
 
-# Allowed values of the ablation fields. init: 'hybrid' = kaiming-normal (fan_out, relu, bias 0)
-# for encoder and mixer convs and PyTorch's default for the reassemble conv; 'kaiming_normal' =
-# that for every conv; 'kaiming_uniform' = PyTorch's default for every conv. decoder:
-# pixel-shuffle then the 1x1 conv, or the 1x1 conv (d -> T'*C*p^2) then the pixel shuffle.
-# skip: keep/add before blocks depth//3 and 2*depth//3, depth//5 and 4*depth//5, or no skip.
-ABLATIONS = {
-    "init": ("hybrid", "kaiming_normal", "kaiming_uniform"),
-    "decoder": ("shuffle_reassemble", "reassemble_shuffle"),
-    "skip": ("thirds", "fifths", "none"),
-}
+# Allowed values of the ablation fields (config/schema.py says what each one means).
+ABLATIONS = {"init": schema.INITS, "decoder": schema.DECODERS, "skip": schema.SKIPS}
 
 # ---------------------------------------------------------------------------------------------
 # Initialisers of the paper's appendix D.
@@ -395,3 +372,11 @@ class STLight(nnx.Module):
 def create_model(cfg: ModelConfig, seed: int = 0, dtype: str = "float32") -> STLight:
     """Builds an STLight initialised from `seed` as `cfg.init` says (default: Hybrid)."""
     return STLight(cfg, rngs=nnx.Rngs(params=seed), dtype=dtype)
+
+
+def model_from_config(config: Any, *, seed: int | None = None, dtype: str | None = None) -> STLight:
+    """The one way to build the network of a run config: `config.model` (validated) initialised
+    from `seed` (default: `config.seed`), computing in `dtype` (default: `config.compute_dtype`)."""
+    seed = config.get("seed", 0) if seed is None else seed
+    dtype = config.get("compute_dtype", "float32") if dtype is None else dtype
+    return create_model(ModelConfig.from_config(config.model), seed=int(seed), dtype=dtype)

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from stlight_jax.config.schema import CONV_IMPLS
+
 BN_EPS = 1e-5  # PyTorch BatchNorm2d default
 BN_MOMENTUM = 0.1  # PyTorch convention: new = (1 - m) * old + m * batch
 _SQRT_HALF = math.sqrt(0.5)  # Python floats: weakly typed, so bf16 stays bf16
@@ -183,16 +185,17 @@ def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, dilation: int = 1) -
     return _depthwise_shifted(x, kernel, dilation)
 
 
+# One per formulation of config/schema.py's CONV_IMPLS but 'auto', which picks one of these.
 DEPTHWISE_IMPLS = {"lax": depthwise_conv_lax, "shifted": depthwise_conv_shifted}
 
 
 def resolve_conv_impl(impl: str) -> str:
     """Maps 'auto' to the formulation measured fastest on the default backend."""
+    if impl not in CONV_IMPLS:
+        choices = ", ".join(map(repr, CONV_IMPLS))
+        raise ValueError(f"model.conv_impl={impl!r} is not one of {choices}")
     if impl == "auto":
         return "shifted" if jax.default_backend() == "cpu" else "lax"
-    if impl not in DEPTHWISE_IMPLS:
-        choices = ", ".join(map(repr, ["auto", *DEPTHWISE_IMPLS]))
-        raise ValueError(f"model.conv_impl={impl!r} is not one of {choices}")
     return impl
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stlight_jax.config import schema
+
 
 def build_reference(
     in_layers: int,
@@ -39,11 +41,7 @@ def build_reference(
     import torch
     from torch import nn
 
-    choices = {
-        "init": ("hybrid", "kaiming_normal", "kaiming_uniform"),
-        "decoder": ("shuffle_reassemble", "reassemble_shuffle"),
-        "skip": ("thirds", "fifths", "none"),
-    }
+    choices = {"init": schema.INITS, "decoder": schema.DECODERS, "skip": schema.SKIPS}
     for name, value in (("init", init), ("decoder", decoder), ("skip", skip)):
         if value not in choices[name]:
             raise ValueError(f"{name}={value!r} is not one of {choices[name]}")

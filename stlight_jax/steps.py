@@ -13,8 +13,7 @@ import optax
 from flax import nnx
 
 from stlight_jax import metrics
-from stlight_jax.config.files import model_config
-from stlight_jax.models import STLight, create_model
+from stlight_jax.models import STLight, model_from_config
 from stlight_jax.sharding import batch_sharded, replicated
 
 State = dict[str, Any]  # {'params', 'batch_stats', 'opt_state', 'step'}
@@ -36,8 +35,7 @@ def create_train_state(
     config: ml_collections.ConfigDict, tx: optax.GradientTransformation
 ) -> tuple[nnx.GraphDef, State]:
     """Builds the model (Hybrid init from `config.seed`) and the initial training state."""
-    model = create_model(model_config(config), seed=config.seed, dtype=config.compute_dtype)
-    return split_model(model, tx)
+    return split_model(model_from_config(config), tx)
 
 
 def split_model(model: STLight, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, State]:

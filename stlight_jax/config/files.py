@@ -109,12 +109,11 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _schema_default(field: str) -> Any:
     """The value a field had before it existed (a config.json of an older run lacks it): its
-    default in configs/common.py; _ABSENT when that is not importable."""
-    try:
-        from stlight_jax.configs.common import get_base_config
-    except ImportError:
-        return _ABSENT
-    return _flat(json.loads(get_base_config().to_json_best_effort())).get(field, _ABSENT)
+    default in config/schema.py, as JSON reads it back; _ABSENT for a field it lacks."""
+    from stlight_jax.config import schema
+
+    spec = schema.fields().get(field)
+    return _ABSENT if spec is None else json.loads(json.dumps(spec.default))
 
 
 def experiment_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:

@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 
+from stlight_jax.config import schema
 from stlight_jax.data import common
 
 
@@ -48,8 +49,9 @@ class CustomArrays(common.ArrayDataset):
         path = d.path
         if not path:
             raise ValueError("custom data needs config.data.path (.npy or .npz)")
-        if d.layout not in ("NTHWC", "NTCHW"):
-            raise ValueError(f"config.data.layout must be 'NTHWC' or 'NTCHW', got {d.layout!r}")
+        if d.layout not in schema.LAYOUTS:
+            choices = " or ".join(map(repr, schema.LAYOUTS))
+            raise ValueError(f"config.data.layout must be {choices}, got {d.layout!r}")
         self.layout = d.layout
         lo, hi = (float(v) for v in d.value_range)
         if not hi > lo:

@@ -13,13 +13,14 @@ import tempfile
 
 import numpy as np
 
+from stlight_jax.config import schema
 from stlight_jax.data import common
 from stlight_jax.data.mnist import Digits, load_digits
 
 STEP_LENGTH = 0.1
 # 'auto': config.data.test_file if set, else a stand-in generated from MNIST test digits;
 # 'tfds': TFDS `moving_mnist` (the sequences of mnist_test_seq.npy) from config.data.tfds_dir.
-TEST_SOURCES = ("auto", "tfds")
+TEST_SOURCES = schema.TEST_SOURCES
 # Stream tags keep train / val / test draws independent even for equal (epoch, index).
 _TAGS = {"train": 0, "val": 1, "test": 2}
 

@@ -12,7 +12,7 @@ from flax import nnx
 
 from stlight_jax.checkpoints import weights_only
 from stlight_jax.config.files import model_config
-from stlight_jax.models import ModelConfig, create_model
+from stlight_jax.models import ModelConfig, STLight, model_from_config
 from stlight_jax.weights import torch_files as convert
 
 PYTORCH_EXTENSIONS = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
@@ -45,12 +45,18 @@ def parse_step(step: str | int | None) -> str | int | None:
         raise ValueError(f"step={step!r}: expected 'best', 'latest' or a step number") from None
 
 
+def rebuild_model(graphdef: nnx.GraphDef, params: Any, batch_stats: Any) -> STLight:
+    """The one way back from split weights (a `LoadedModel`'s graphdef, params and batch_stats)
+    to an STLight module: a new module holding them, in the mode it was split in."""
+    return nnx.merge(graphdef, params, batch_stats)
+
+
 def read_pytorch(
     graphdef: nnx.GraphDef, params: Any, batch_stats: Any, path: str, key_map: str | None = None
 ):
     """(params, batch_stats, layout name) of the model with the weights of PyTorch file `path`,
     in any layout `weight_layouts` recognises (`key_map`: JSON key map file(s) for others)."""
-    model = nnx.merge(graphdef, params, batch_stats)
+    model = rebuild_model(graphdef, params, batch_stats)
     state_dict, layout = convert.read_state_dict(path, key_map)
     convert.load_into_model(model, state_dict, source=path)
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -76,7 +82,7 @@ def load_model(
     if checkpoint and weights:
         raise ValueError("give either a checkpoint (Orbax) or weights (PyTorch), not both")
     step = parse_step(step)
-    model = create_model(model_config(config), seed=int(config.seed), dtype=config.compute_dtype)
+    model = model_from_config(config)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     if weights:
         if step is not None:

@@ -265,9 +265,9 @@ def import_to_checkpoint(
     from flax import nnx
 
     from stlight_jax.checkpoints import weights_only
-    from stlight_jax.models import create_model
+    from stlight_jax.models import model_from_config
 
-    model = create_model(ModelConfig.from_config(config.model), seed=0)
+    model = model_from_config(config, seed=0)
     state_dict, layout = read_state_dict(weights, key_map, strict)
     load_into_model(model, state_dict, strict=strict, source=weights)
     where = weights_only.save_weights(
@@ -287,9 +287,9 @@ def export_from_checkpoint(
     from flax import nnx
 
     from stlight_jax.checkpoints import weights_only
-    from stlight_jax.models import create_model
+    from stlight_jax.models import model_from_config
 
-    model = create_model(ModelConfig.from_config(config.model), seed=0)
+    model = model_from_config(config, seed=0)
     params, batch_stats, chosen = weights_only.restore_weights(
         path, nnx.state(model, nnx.Param), nnx.state(model, nnx.BatchStat), step
     )
