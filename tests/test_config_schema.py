@@ -112,6 +112,7 @@ def test_a_field_added_to_the_schema_is_a_default_and_is_validated(monkeypatch):
     )
     monkeypatch.undo()
     assert "shuffle_window" not in get_base_config().data
+    assert "data.shuffle_window" not in config_validation.rules()
     assert config_validation.unknown_key_message("data.shuffle_window").startswith(
         "config.data.shuffle_window is not a known config field"
     )
