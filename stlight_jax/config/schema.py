@@ -164,7 +164,9 @@ class Data:
     seed: int = field(0, NON_NEGATIVE)
     num_train: int = field(10_000, POSITIVE, "Moving MNIST: fresh sequences per epoch")
     num_val: int = field(1_000, NON_NEGATIVE, "Moving MNIST: fixed held-out validation sequences")
-    num_test: int = field(10_000, POSITIVE, "Moving MNIST: fixed test sequences (MNIST digits)")
+    num_test: int = field(
+        10_000, POSITIVE, "Moving MNIST: fixed test sequences (MNIST test digits)"
+    )
     mnist_path: str = field("", STRING, "optional user MNIST (idx files dir / .npz)")
     tfds_dir: str = field("", STRING, "prepared TFDS data_dir (ArrayRecord): mnist, moving_mnist")
     test_file: str = field("", STRING, "optional mnist_test_seq.npy (the paper's test set)")
