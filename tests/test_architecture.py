@@ -115,3 +115,30 @@ def test_the_checker_sees_imports_and_main_guards():
     assert {"evaluation.predict", "evaluation"} <= _package_imports(
         os.path.join(PACKAGE, "evaluation", "runner.py")
     )
+
+
+def test_the_config_schema_is_declared_once():
+    """config/schema.py is the only module that spells out a list of allowed choices or a
+    field's default table; everything else reads them from there (tests/test_config_schema.py
+    checks that defaults, validation and ModelConfig are derived from it)."""
+    from stlight_jax.config import schema
+
+    choices = {
+        value
+        for name, value in vars(schema).items()
+        if name.isupper() and isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    }
+    assert {schema.CONV_IMPLS, schema.INITS, schema.DECODERS} <= choices
+    copies = []
+    for module, path in _modules():
+        if module == "config.schema":
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Tuple) and node.elts:
+                try:
+                    value = ast.literal_eval(node)
+                except ValueError:
+                    continue
+                if all(isinstance(v, str) for v in value) and value in choices:
+                    copies.append(f"{module}:{node.lineno} {value}")
+    assert not copies, f"choices written outside config/schema.py: {copies}"
