@@ -61,3 +61,20 @@ def max_rel_err(got, want) -> float:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def config(tmp_path):
+    """tests/tiny_config.py's run config on a fresh tiny dataset in tmp_path (a test file may
+    define its own `config`)."""
+    from tests import tiny_config
+
+    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
+
+
+@pytest.fixture
+def weights(config, tmp_path) -> str:
+    """A safetensors file of the tiny model, random weights (tests/tiny_weights.py)."""
+    from tests import tiny_weights
+
+    return tiny_weights.write_safetensors(config, str(tmp_path / "w.safetensors"))

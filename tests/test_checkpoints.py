@@ -19,12 +19,6 @@ from tests import tiny_config
 from tests.cli_runs import assert_one_line_error, run_script
 from tests.test_train import abstract_state, read_jsonl, train_steps
 
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
-
-
 # ---------------------------------------------------------------------------------------------
 # A full disk while saving.
 

@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 
 from stlight_jax.cli import errors as cli_errors
-from tests import tiny_config, tiny_weights
+from tests import tiny_weights
 from tests.cli_runs import assert_one_line_error, run_script
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
 
 
 @pytest.mark.slow  # seven train.py runs: ~17 s on 2 cores

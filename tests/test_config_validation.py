@@ -8,12 +8,6 @@ import pytest
 
 from stlight_jax.config import validation as config_validation
 from stlight_jax.training import loop as train
-from tests import tiny_config
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
 
 
 @pytest.mark.parametrize(

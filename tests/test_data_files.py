@@ -12,7 +12,6 @@ from stlight_jax import data
 from stlight_jax.configs.common import get_base_config
 from stlight_jax.data import kth
 from stlight_jax.training import loop as train
-from tests import tiny_config, tiny_weights
 from tests.cli_runs import assert_one_line_error, run_script
 
 
@@ -361,11 +360,6 @@ def test_lone_array_holds_out_a_test_set_or_is_refused_before_training(tmp_path)
 # Non-finite data is refused at load, naming the file, the split and the first bad index.
 
 
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
-
-
 def test_nan_in_custom_val_split_is_refused(config, tmp_path):
     with np.load(config.data.path) as z:
         parts = {k: z[k].copy() for k in z.files}
@@ -410,11 +404,6 @@ def test_nan_in_taxibj_is_refused(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Degenerate data: one line before any training, in train.py and predict mode; a lone .npy.
-
-
-@pytest.fixture
-def weights(config, tmp_path) -> str:
-    return tiny_weights.write_safetensors(config, str(tmp_path / "w.safetensors"))
 
 
 @pytest.mark.slow  # three command-line runs: ~40 s on 2 cores

@@ -15,12 +15,6 @@ import pytest
 
 from stlight_jax import data
 from stlight_jax.checkpoints import manager as checkpoint
-from tests import tiny_config
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
 
 
 def _assert_same(got, want):

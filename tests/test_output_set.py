@@ -15,18 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from tests import tiny_config, tiny_weights
+from tests import tiny_config
 from tests.cli_runs import REPO, assert_one_line_error, run_script
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
-
-
-@pytest.fixture
-def weights(config, tmp_path) -> str:
-    return tiny_weights.write_safetensors(config, str(tmp_path / "w.safetensors"))
 
 
 def _listing(out) -> dict[str, bytes]:

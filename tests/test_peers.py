@@ -10,13 +10,7 @@ import time
 
 import pytest
 
-from tests import tiny_config
 from tests.cli_runs import REPO
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
 
 
 @pytest.mark.slow  # two jax.distributed training processes on 2 cores: a minute or more

@@ -9,18 +9,6 @@ import os
 import numpy as np
 import pytest
 
-from tests import tiny_config, tiny_weights
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
-
-
-@pytest.fixture
-def weights(config, tmp_path) -> str:
-    return tiny_weights.write_safetensors(config, str(tmp_path / "w.safetensors"))
-
 
 def test_predict_long_horizon_streams_to_disk_memory_flat_pictures_capped(
     config, weights, tmp_path

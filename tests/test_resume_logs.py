@@ -9,13 +9,7 @@ import pytest
 
 from stlight_jax.checkpoints import manager as checkpoint
 from stlight_jax.training import loop as train
-from tests import tiny_config
 from tests.test_train import read_jsonl, train_steps
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
 
 
 def _tensorboard_steps(workdir: str) -> dict[str, list[int]]:

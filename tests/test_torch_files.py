@@ -10,12 +10,7 @@ import pytest
 from stlight_jax.config import files as config_io
 from stlight_jax.models import create_model
 from stlight_jax.weights import torch_files as convert
-from tests import tiny_config, tiny_weights
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
+from tests import tiny_weights
 
 
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16], ids=["bfloat16", "float16"])

@@ -19,14 +19,9 @@ from stlight_jax.checkpoints import manager as checkpoint
 from stlight_jax.training import loop as train
 from stlight_jax.training import optimizer as optim
 from stlight_jax.training import schedules
-from tests import tiny_config, tiny_weights
+from tests import tiny_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
 
 
 def read_jsonl(workdir) -> list[dict]:

@@ -20,16 +20,10 @@ from stlight_jax import data
 from stlight_jax.checkpoints import manager as checkpoint
 from stlight_jax.training import loop as train
 from stlight_jax.training import run_parts
-from tests import tiny_config
 from tests.cli_runs import run_script
 from tests.test_train import abstract_state, read_jsonl, run_cli, train_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(config, tmp_path, monkeypatch):

@@ -13,14 +13,7 @@ import pytest
 
 from stlight_jax.training import loop as train
 from stlight_jax.training import workdir_lock
-from tests import tiny_config
 from tests.cli_runs import REPO, assert_one_line_error, run_script
-
-
-@pytest.fixture
-def config(tmp_path):
-    return tiny_config.get_config(tiny_config.write_data(str(tmp_path / "data.npz")))
-
 
 _HOLDER = """
 import sys, time
